@@ -1,0 +1,153 @@
+"""`Model`: an ONNX graph with its IOSpec and provenance (where it came from, what was done to
+it). Transformations return a new Model; the ONNX file carries the spec and the provenance in
+its metadata, so a saved model explains itself."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from inferopt import iospec as iospec_mod
+from inferopt.errors import ModelLoadError
+from inferopt.iospec import IOSpec
+from inferopt.parity import ParityReport
+from inferopt.runtime import SessionConfig, create_session
+
+PROVENANCE_KEY = "inferopt.provenance"
+_PROTOBUF_LIMIT = 2**31 - 1  # protobuf cannot serialize more; larger models use external data
+
+
+@dataclass(frozen=True)
+class Provenance:
+    source: str  # what the user gave: a path, a zoo name, a module's class name
+    kind: str  # "onnx" | "torch" | "huggingface" | "zoo"
+    exporter: str | None = None  # "dynamo" | "torchscript" when exported from PyTorch
+    exporter_note: str | None = None  # why a fallback exporter was used
+    parity: ParityReport | None = None
+    steps: tuple[dict[str, Any], ...] = ()  # transformations applied, in order, with options
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["parity"] = self.parity.to_json() if self.parity else None
+        return data
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Provenance:
+        parity = data.get("parity")
+        return Provenance(
+            source=data["source"],
+            kind=data["kind"],
+            exporter=data.get("exporter"),
+            exporter_note=data.get("exporter_note"),
+            parity=ParityReport.from_json(parity) if parity else None,
+            steps=tuple(data.get("steps", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Model:
+    proto: onnx.ModelProto
+    io: IOSpec
+    provenance: Provenance
+    _session_cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return Path(self.provenance.source).stem or "model"
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.proto.ByteSize())
+
+    def with_io(self, io: IOSpec) -> Model:
+        return replace(self, io=io, _session_cache={})
+
+    def session(self, config: SessionConfig | None = None) -> Any:
+        """A (cached) ONNX Runtime session for this model under `config`."""
+        config = config or SessionConfig()
+        key = repr(config)
+        if key not in self._session_cache:
+            self._session_cache[key] = create_session(self.proto, config, label=self.name)
+        return self._session_cache[key]
+
+    def run(
+        self, feeds: dict[str, np.ndarray], config: SessionConfig | None = None
+    ) -> dict[str, np.ndarray]:
+        session = self.session(config)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model with its IOSpec and provenance in the file's metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        proto = self.stamped_proto()
+        large = proto.ByteSize() > _PROTOBUF_LIMIT
+        onnx.save_model(proto, str(path), save_as_external_data=large, location=f"{path.name}.data")
+        return path
+
+    def stamped_proto(self) -> onnx.ModelProto:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        iospec_mod.attach(proto, self.io)
+        _set_metadata(proto, PROVENANCE_KEY, json.dumps(self.provenance.to_json()))
+        return proto
+
+
+def _set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
+    kept = [p for p in proto.metadata_props if p.key != key]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=key, value=value)
+
+
+def _read_provenance(proto: onnx.ModelProto, default: Provenance) -> Provenance:
+    for prop in proto.metadata_props:
+        if prop.key == PROVENANCE_KEY:
+            return Provenance.from_json(json.loads(prop.value))
+    return default
+
+
+def from_proto(proto: onnx.ModelProto, provenance: Provenance, *, verify: bool = True) -> Model:
+    """Wrap a proto; with `verify`, check it and make sure ONNX Runtime can load it."""
+    if verify:
+        _check(proto, provenance.source)
+        create_session(proto, label=provenance.source)
+    return Model(proto, iospec_mod.from_onnx(proto), provenance)
+
+
+def load_onnx(path: str | Path, *, verify: bool = True) -> Model:
+    """Read an .onnx file (with its external-data files beside it)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file")
+    try:
+        proto = onnx.load(str(path))
+    except DecodeError as exc:
+        raise ModelLoadError(f"{path}: not an ONNX model (protobuf parse failed: {exc})") from exc
+    except onnx.checker.ValidationError as exc:  # raised for missing external-data files
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(f"{path}: cannot read its external data: {first}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read it as ONNX: {exc}") from exc
+    provenance = _read_provenance(proto, Provenance(source=str(path), kind="onnx"))
+    return from_proto(proto, provenance, verify=verify)
+
+
+def _check(proto: onnx.ModelProto, source: str) -> None:
+    if not proto.HasField("graph") or not proto.ir_version:
+        raise ModelLoadError(f"{source}: not an ONNX model (no graph or IR version)")
+    try:
+        # full_check runs shape inference too, which catches many truncated/corrupt graphs.
+        onnx.checker.check_model(proto, full_check=proto.ByteSize() < _PROTOBUF_LIMIT)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(f"{source}: invalid ONNX model: {first}") from exc

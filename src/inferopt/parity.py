@@ -1,0 +1,114 @@
+"""Compare a candidate model's outputs with a reference's, output by output.
+
+Exporters can silently bake a shape in (a batch size, a sequence length), so parity is checked
+on inputs whose batch and sequence length differ from the export example."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from inferopt.errors import ParityError
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    name: str
+    reference_shape: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    max_abs_error: float  # inf when the shapes differ
+    max_rel_error: float  # max abs error over the reference's largest magnitude
+    within_tolerance: bool
+
+    def describe(self) -> str:
+        if self.reference_shape != self.candidate_shape:
+            return (
+                f"output {self.name!r} has shape {list(self.candidate_shape)}, "
+                f"expected {list(self.reference_shape)}"
+            )
+        return (
+            f"output {self.name!r}: max abs error {self.max_abs_error:.3g}, "
+            f"max rel error {self.max_rel_error:.3g}"
+        )
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    batch: int
+    seq: int | None
+    atol: float
+    rtol: float
+    outputs: tuple[OutputParity, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.within_tolerance for o in self.outputs)
+
+    def describe(self) -> str:
+        where = f"batch {self.batch}" + (f", sequence length {self.seq}" if self.seq else "")
+        verdict = "agrees" if self.ok else "DISAGREES"
+        details = "; ".join(o.describe() for o in self.outputs)
+        return f"parity at {where}: {verdict} ({details}; atol={self.atol:g}, rtol={self.rtol:g})"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> ParityReport:
+        outputs = tuple(
+            OutputParity(
+                **{
+                    **o,
+                    "reference_shape": tuple(o["reference_shape"]),
+                    "candidate_shape": tuple(o["candidate_shape"]),
+                }
+            )
+            for o in data["outputs"]
+        )
+        return ParityReport(data["batch"], data["seq"], data["atol"], data["rtol"], outputs)
+
+
+def compare_outputs(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    *,
+    atol: float,
+    rtol: float,
+    batch: int,
+    seq: int | None,
+) -> ParityReport:
+    return ParityReport(
+        batch,
+        seq,
+        atol,
+        rtol,
+        tuple(_compare(name, ref, candidate[name], atol, rtol) for name, ref in reference.items()),
+    )
+
+
+def _compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputParity:
+    ref_shape, got_shape = tuple(ref.shape), tuple(got.shape)
+    if ref_shape != got_shape:
+        return OutputParity(name, ref_shape, got_shape, float("inf"), float("inf"), False)
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    diff = np.abs(ref64 - got64)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref64).max()) if ref64.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    ok = bool(np.allclose(got64, ref64, atol=atol, rtol=rtol, equal_nan=True))
+    return OutputParity(name, ref_shape, got_shape, max_abs, max_rel, ok)
+
+
+def require(report: ParityReport, label: str) -> None:
+    """Raise ParityError naming the first disagreeing output, its errors and the shapes used."""
+    if report.ok:
+        return
+    bad = next(o for o in report.outputs if not o.within_tolerance)
+    where = f"batch {report.batch}" + (f", sequence length {report.seq}" if report.seq else "")
+    raise ParityError(
+        f"{label}: the ONNX model disagrees with its source at {where}: {bad.describe()} "
+        f"(tolerance atol={report.atol:g}, rtol={report.rtol:g}); "
+        "the exporter may have baked in a shape seen in the example inputs"
+    )

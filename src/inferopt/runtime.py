@@ -1,0 +1,90 @@
+"""The one place ONNX Runtime sessions are created: providers, threads, optimization level,
+memory arena and profiling are all chosen here, so every measurement runs the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+import onnxruntime as ort
+
+from inferopt.errors import ModelLoadError
+
+GraphLevel = Literal["disable", "basic", "extended", "all"]
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# Preference order when the caller asks for "best available".
+_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 0
+    graph_optimization: GraphLevel = "all"
+    memory_arena: bool = True
+    profile_prefix: str | None = None  # set to write an ONNX Runtime profile (per-op timings)
+    optimized_model_path: str | None = None  # set to save the graph after ORT's optimizations
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be >= 0 (0 means ONNX Runtime's default)")
+        if self.graph_optimization not in _LEVELS:
+            raise ValueError(f"graph_optimization must be one of {sorted(_LEVELS)}")
+        unknown = set(self.providers) - set(ort.get_available_providers())
+        if unknown:
+            raise ValueError(
+                f"execution providers {sorted(unknown)} are not available; "
+                f"this onnxruntime has {ort.get_available_providers()}"
+            )
+
+
+def best_providers() -> tuple[str, ...]:
+    """The accelerated providers this onnxruntime build offers, best first, CPU last."""
+    available = set(ort.get_available_providers())
+    return tuple(p for p in _PROVIDER_ORDER if p in available)
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.graph_optimization_level = _LEVELS[config.graph_optimization]
+    options.enable_cpu_mem_arena = config.memory_arena
+    options.log_severity_level = 3  # errors only: ORT's warnings are noise to our users
+    if config.profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = config.profile_prefix
+    if config.optimized_model_path is not None:
+        options.optimized_model_filepath = config.optimized_model_path
+    return options
+
+
+def create_session(
+    model: onnx.ModelProto | str | Path,
+    config: SessionConfig | None = None,
+    *,
+    label: str | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession for a model proto or file; failures become ModelLoadError."""
+    config = config or SessionConfig()
+    source: Any = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    name = label or (str(model) if not isinstance(model, onnx.ModelProto) else "model")
+    try:
+        return ort.InferenceSession(
+            source, sess_options=session_options(config), providers=list(config.providers)
+        )
+    except Exception as exc:  # ORT raises its own pybind types; map them to one clear line
+        raise ModelLoadError(f"{name}: ONNX Runtime cannot load it: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

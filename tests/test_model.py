@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from inferopt.errors import ModelLoadError
+from inferopt.model import Model, Provenance, load_onnx
+
+
+def _linear(path: Path, *, external: bool = False) -> Path:
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "weight")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"])], "g", [x], [y])
+    graph.initializer.append(weight)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(
+        proto, str(path), save_as_external_data=external, location="weights.bin", size_threshold=0
+    )
+    return path
+
+
+def test_loads_and_runs_an_onnx_file(tmp_path: Path) -> None:
+    model = load_onnx(_linear(tmp_path / "m.onnx"))
+    assert model.io.input_names == ["x"] and model.io.batch_axis == 0
+    out = model.run({"x": np.ones((2, 4), dtype=np.float32)})["y"]
+    assert out.tolist() == [[18.0, 22.0, 26.0]] * 2
+
+
+def test_loads_external_data_and_names_a_missing_data_file(tmp_path: Path) -> None:
+    path = _linear(tmp_path / "m.onnx", external=True)
+    assert (tmp_path / "weights.bin").is_file()
+    assert load_onnx(path).run({"x": np.ones((1, 4), dtype=np.float32)})["y"].shape == (1, 3)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(ModelLoadError, match=r"m\.onnx"):
+        load_onnx(path)
+
+
+def test_save_keeps_iospec_and_provenance(tmp_path: Path) -> None:
+    model = load_onnx(_linear(tmp_path / "m.onnx"))
+    stamped = Model(
+        model.proto,
+        model.io.with_axes(None, None),
+        Provenance("my.onnx", "onnx", steps=({"pass": "fold", "options": {}},)),
+    )
+    again = load_onnx(stamped.save(tmp_path / "out" / "saved.onnx"))
+    assert again.io.batch_axis is None
+    assert again.provenance.source == "my.onnx"
+    assert again.provenance.steps == ({"pass": "fold", "options": {}},)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not an ONNX model"),
+        (b"this is plain text, not protobuf", "not an ONNX model"),
+    ],
+)
+def test_files_that_are_not_onnx(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=f"bad.onnx: {message}"):
+        load_onnx(path)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    good = _linear(tmp_path / "m.onnx").read_bytes()
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ModelLoadError, match=r"truncated\.onnx: "):
+        load_onnx(path)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"nope.onnx: no such file"):
+        load_onnx(tmp_path / "nope.onnx")
+    with pytest.raises(ModelLoadError, match="not a file"):
+        load_onnx(tmp_path)
+
+
+def test_op_onnx_runtime_cannot_run(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [x], [y])
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
+    path = tmp_path / "custom.onnx"
+    onnx.save_model(proto, str(path))
+    with pytest.raises(ModelLoadError, match=r"custom\.onnx: .*FancyOp"):
+        load_onnx(path)
