@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/inferopt zoo export minilm --out build/demo/minilm.onnx
+	$(BIN)/inferopt optimize minilm --recipe fuse,smooth:0.75,int8-dynamic --out build/demo/minilm-int8
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -27,13 +27,25 @@ def load(source: Any, example_inputs: Any = None, **options: Any) -> Model:
     return _load(source, example_inputs, **options)
 
 
+def __getattr__(name: str) -> Any:
+    # The measurement API loads on first use: `inferopt export` should not pay for it.
+    if name in ("profile", "compare", "ProfileConfig"):
+        from inferopt import measure
+
+        return getattr(measure, name)
+    raise AttributeError(f"module 'inferopt' has no attribute {name!r}")
+
+
 __all__ = [
     "ExportError",
     "InferoptError",
     "InputError",
     "ModelLoadError",
     "ParityError",
+    "ProfileConfig",
     "ZooError",
     "__version__",
+    "compare",
     "load",
+    "profile",
 ]

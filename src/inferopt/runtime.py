@@ -32,6 +32,9 @@ class SessionConfig:
     memory_arena: bool = True
     profile_prefix: str | None = None  # set to write an ONNX Runtime profile (per-op timings)
     optimized_model_path: str | None = None  # set to save the graph after ORT's optimizations
+    # ORT's pool threads spin between runs: good for back-to-back runs in one session, wasted
+    # CPU in a server where many sessions and the event loop share the cores.
+    allow_spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
@@ -64,6 +67,9 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
         options.profile_file_prefix = config.profile_prefix
     if config.optimized_model_path is not None:
         options.optimized_model_filepath = config.optimized_model_path
+    if not config.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 

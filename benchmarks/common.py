@@ -1,0 +1,88 @@
+"""Shared by the benchmark scripts: interleaved timing, result files, the machine's state.
+
+Every comparison runs its candidates in rotating order within each round over the same inputs,
+so slow drift on a shared machine (other processes, thermal state) hits all of them alike; the
+figure reported is the median over rounds, with the spread of per-round ratios."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferopt import hardware
+
+RESULTS = Path(__file__).parent / "results"
+Runner = Callable[[], None]  # runs one candidate once over the whole input set
+
+
+def interleaved(
+    runners: dict[str, Runner], rounds: int = 9, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per round for each runner, candidates rotated each round."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def speedups(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Median round time, and speed-up over the baseline (median of per-round ratios) with the
+    interquartile range of those ratios."""
+    base = np.array(times[baseline])
+    out = {}
+    for name, t in times.items():
+        ratios = base / np.array(t)
+        q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+        out[name] = {
+            "median_s": float(np.median(t)),
+            "speedup": float(q50),
+            "iqr": [float(q25), float(q75)],
+        }
+    return out
+
+
+def machine() -> dict[str, Any]:
+    info = hardware.probe()
+    return {
+        "cpu": info.cpu_model,
+        "cores": info.usable_cores,
+        "features": list(info.cpu_features),
+        "fingerprint": info.fingerprint(),
+        "libraries": info.libraries,
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **payload,
+    }
+    payload["machine"] = {**machine(), **payload.get("machine", {})}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = ""
+) -> dict[str, Any]:
+    """A table the renderer turns into markdown in docs/benchmarks.md."""
+    return {"title": title, "columns": list(columns), "rows": [list(r) for r in rows], "note": note}

@@ -1,0 +1,236 @@
+"""INT8 quantization with ONNX Runtime's quantizer: dynamic (weights int8, activations scaled
+at run time) and static (QDQ, activation ranges calibrated here in bounded memory).
+
+Signedness follows the CPU: without VNNI, ORT's u8s8 integer kernels add pairs of products in
+16 bits and can saturate, which is why one model loses accuracy on one CPU and not another;
+there weights default to uint8 (u8u8 kernels). With VNNI (or AMX) int8 weights are exact and
+fast. Every default can be overridden."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+    save_tensors_data,
+)
+from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+from inferopt import hardware
+from inferopt.errors import InputError
+from inferopt.model import Model
+from inferopt.passes import sensitivity
+from inferopt.passes.base import Pass, PassContext, PassResult, Tolerance
+from inferopt.passes.calibrate import CalibrationConfig, Method, collect_ranges
+
+Signedness = Literal["auto", "int8", "uint8"]
+_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+# Gather (embedding tables) is left out: on minilm it saves 35 MB but costs ~1.5 points of
+# nearest-neighbour agreement; add it with op_types=MatMul+Attention+Gather when size matters.
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")
+STATIC_OPS = ("Conv", "MatMul", "Gemm")
+# A sanity bound that catches a broken quantization; the fidelity a user cares about is
+# measured on held-out data by the recipe runner, against their budget.
+INT8_TOLERANCE = Tolerance(min_cosine=0.9)
+
+
+def weight_type(choice: Signedness) -> QuantType:
+    if choice == "auto":
+        return QuantType.QInt8 if hardware.probe().has_vnni else QuantType.QUInt8
+    return _TYPES[choice]
+
+
+def _check_common(weights: str, fallback: float | None) -> None:
+    if weights not in ("auto", *_TYPES):
+        raise ValueError(f"weights must be auto, int8 or uint8, not {weights!r}")
+    if fallback is not None and not 0.0 < fallback <= 1.0:
+        raise ValueError(f"fallback is a target cosine in (0, 1], got {fallback}")
+
+
+def quantizable_nodes(proto: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
+    """Names of nodes of `op_types` with a constant (initializer) weight input."""
+    initializers = {i.name for i in proto.graph.initializer}
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type in op_types and any(i in initializers for i in n.input[1:2])
+    ]
+
+
+def _require_quantizable(proto: onnx.ModelProto, op_types: tuple[str, ...], label: str) -> None:
+    if not quantizable_nodes(proto, op_types):
+        raise InputError(
+            f"{label}: the model has no quantizable ops ({', '.join(op_types)} with constant "
+            "weights); int8 quantization would change nothing"
+        )
+
+
+def _quiet_ort_quantizer() -> None:
+    # ORT's quantizer logs advice at WARNING on the root logger for every call.
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class DynamicInt8(Pass):
+    per_channel: bool = True
+    weights: Signedness = "auto"
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = DYNAMIC_OPS
+    exclude: tuple[str, ...] = ()  # node names kept in float
+    include: tuple[str, ...] = ()  # when set, only these nodes are quantized
+    fallback: float | None = None  # target cosine: keep the most sensitive nodes in float
+    name = "int8-dynamic"
+    tolerance = INT8_TOLERANCE
+
+    def __post_init__(self) -> None:
+        _check_common(self.weights, self.fallback)
+
+    def run(self, model: Model, context: PassContext) -> PassResult:
+        _require_quantizable(model.proto, self.op_types, model.name)
+        _quiet_ort_quantizer()
+
+        def quantize(exclude: tuple[str, ...], include: tuple[str, ...]) -> onnx.ModelProto:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "q.onnx"
+                quantize_dynamic(
+                    model.proto,
+                    out,
+                    op_types_to_quantize=list(self.op_types),
+                    per_channel=self.per_channel,
+                    reduce_range=self.reduce_range,
+                    weight_type=weight_type(self.weights),
+                    nodes_to_quantize=list(include or self.include) or None,
+                    nodes_to_exclude=list(self.exclude + exclude) or None,
+                )
+                return onnx.load(str(out))
+
+        report = {"weight_type": weight_type(self.weights).name}
+        return _with_fallback(model, context, quantize, self, report)
+
+
+@dataclass(frozen=True)
+class StaticInt8(Pass):
+    calibration: Method = "minmax"
+    percentile: float = 99.999
+    samples: int = 128
+    per_channel: bool = True
+    weights: Signedness = "auto"
+    activations: Literal["int8", "uint8"] = "uint8"
+    op_types: tuple[str, ...] = STATIC_OPS
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    fallback: float | None = None  # target cosine: keep the most sensitive nodes in float
+    name = "int8-static"
+    tolerance = INT8_TOLERANCE
+
+    def __post_init__(self) -> None:
+        CalibrationConfig(self.calibration, self.percentile, max_samples=self.samples)
+        _check_common(self.weights, self.fallback)
+        if self.activations not in _TYPES:
+            raise ValueError(f"activations must be int8 or uint8, not {self.activations!r}")
+
+    def run(self, model: Model, context: PassContext) -> PassResult:
+        if context.calibration is None:
+            raise InputError(
+                f"{model.name}: static int8 needs calibration data (--data FILE.npz, or a zoo "
+                "model's own data)"
+            )
+        context.calibration.check_against(model.io)
+        _require_quantizable(model.proto, self.op_types, model.name)
+        config = CalibrationConfig(self.calibration, self.percentile, max_samples=self.samples)
+        ranges = collect_ranges(model.proto, context.calibration, config)
+        _quiet_ort_quantizer()
+
+        def quantize(exclude: tuple[str, ...], include: tuple[str, ...]) -> onnx.ModelProto:
+            with tempfile.TemporaryDirectory() as tmp:
+                return self._quantize(model.proto, ranges, Path(tmp), exclude, include)
+
+        report = {
+            "calibration": self.calibration,
+            "calibrated_tensors": len(ranges),
+            "weight_type": weight_type(self.weights).name,
+        }
+        return _with_fallback(model, context, quantize, self, report)
+
+    def _quantize(
+        self,
+        proto: onnx.ModelProto,
+        ranges: dict[str, tuple[float, float]],
+        tmp: Path,
+        exclude: tuple[str, ...],
+        include: tuple[str, ...],
+    ) -> onnx.ModelProto:
+        cache = tmp / "ranges.json"
+        data = {
+            name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+            for name, (lo, hi) in ranges.items()
+        }
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        quantize_static(
+            proto,
+            tmp / "q.onnx",
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(self.op_types),
+            per_channel=self.per_channel,
+            activation_type=_TYPES[self.activations],
+            weight_type=weight_type(self.weights),
+            nodes_to_quantize=list(include or self.include) or None,
+            nodes_to_exclude=list(self.exclude + exclude) or None,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=cache,
+        )
+        return onnx.load(str(tmp / "q.onnx"))
+
+
+def _with_fallback(
+    model: Model,
+    context: PassContext,
+    quantize: sensitivity.Quantizer,
+    options: DynamicInt8 | StaticInt8,
+    report: dict[str, object],
+) -> PassResult:
+    """Quantize everything, or, with a fallback target, keep the fewest most-sensitive nodes
+    in float that meet it on the calibration samples. The ranking goes into the report."""
+    if options.fallback is None:
+        return PassResult(quantize((), ()), {**report, "excluded": list(options.exclude)})
+    feeds = _sensitivity_feeds(model, context)
+    candidates = [
+        n
+        for n in quantizable_nodes(model.proto, options.op_types)
+        if n not in options.exclude and (not options.include or n in options.include)
+    ]
+    ranking = sensitivity.rank(model, candidates, quantize, feeds)
+    kept, cosine = sensitivity.smallest_fallback(model, ranking, quantize, feeds, options.fallback)
+    excluded = tuple(s.node for s in ranking[:kept])
+    report = {
+        **report,
+        "excluded": list(options.exclude + excluded),
+        "fallback_target": options.fallback,
+        "fallback_cosine": round(cosine, 6),
+        "sensitivity": [
+            {"node": s.node, "op": s.op_type, "error": float(f"{s.error:.3g}")} for s in ranking
+        ],
+    }
+    return PassResult(quantize(excluded, ()), report)
+
+
+SENSITIVITY_SAMPLES = 32
+
+
+def _sensitivity_feeds(model: Model, context: PassContext) -> list[dict[str, np.ndarray]]:
+    data = context.calibration
+    if data is None:
+        return list(context.verification)
+    # Spread over the set: the first samples of a file are often alike.
+    indices = np.linspace(0, len(data) - 1, num=min(SENSITIVITY_SAMPLES, len(data))).astype(int)
+    return [data.batch([int(i)]) for i in indices]

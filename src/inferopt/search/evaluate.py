@@ -1,0 +1,171 @@
+"""What a candidate costs and saves against its baseline, measured here: fidelity on held-out
+data, latency measured interleaved with the baseline, and size.
+
+Latency is compared, never taken alone: this machine is shared, so the two models run in
+alternating rounds over the same real inputs at batch 1, and the ratio of their median round
+times is reported with the spread of the per-round ratios."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from inferopt.data import Dataset
+from inferopt.measure import fidelity
+from inferopt.model import Model
+
+MetricName = Literal["top1", "embedding", "agreement"]
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    metric: MetricName
+    cosine: float  # mean cosine of the first output to the baseline's
+    agreement: float  # top-1 agreement (top1), nearest-neighbour agreement (embedding), else cosine
+    task_score: float | None = None  # top-1 accuracy on the labels, when there are labels
+    baseline_task_score: float | None = None
+
+    @property
+    def drop(self) -> float:
+        """Loss in the model's metric: accuracy points when labelled, else 1 - agreement."""
+        if self.task_score is not None and self.baseline_task_score is not None:
+            return self.baseline_task_score - self.task_score
+        return 1.0 - self.agreement
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    baseline_ms: float  # median per-sample latency, batch 1
+    candidate_ms: float
+    speedup: float  # baseline / candidate, from the median round times
+    ratio_spread: float  # (p75 - p25) / median of the per-round ratios: how stable
+    rounds: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    fidelity: Fidelity
+    latency: LatencyComparison
+    size_bytes: int
+    baseline_size_bytes: int
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes / self.baseline_size_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fidelity"]["drop"] = self.fidelity.drop
+        data["size_ratio"] = self.size_ratio
+        return data
+
+
+def metric_for(data: Dataset, model: Model, declared: MetricName | None = None) -> MetricName:
+    """The zoo's declared metric; else top-1 when there are labels; else embedding agreement
+    for rank-2 float outputs; else plain agreement."""
+    if declared is not None:
+        return declared
+    if data.labels is not None:
+        return "top1"
+    output = model.io.outputs[0]
+    return (
+        "embedding" if len(output.shape) == 2 and output.dtype.startswith("float") else "agreement"
+    )
+
+
+def outputs(model: Model, data: Dataset, batch_size: int = 32) -> np.ndarray:
+    name = model.io.output_names[0]
+    if data.seq_axis is not None:
+        batch_size = 1  # padding would change what each sentence costs and yields
+    rows = [model.run(feed)[name] for feed in data.batches(batch_size)]
+    return np.concatenate([r.reshape(r.shape[0], -1) for r in rows])
+
+
+def measure_fidelity(
+    candidate: Model, baseline_outputs: np.ndarray, data: Dataset, metric: MetricName
+) -> Fidelity:
+    got = outputs(candidate, data)
+    cosine = fidelity.mean_cosine(baseline_outputs, got)
+    if metric == "top1":
+        agreement = float(np.mean(got.argmax(1) == baseline_outputs.argmax(1)))
+        if data.labels is None:
+            return Fidelity(metric, cosine, agreement)
+        return Fidelity(
+            metric,
+            cosine,
+            agreement,
+            fidelity.top1(got, data.labels),
+            fidelity.top1(baseline_outputs, data.labels),
+        )
+    if metric == "embedding":
+        return Fidelity(metric, cosine, fidelity.nearest_neighbour_agreement(baseline_outputs, got))
+    return Fidelity(metric, cosine, cosine)
+
+
+def compare_latency(
+    baseline: Model,
+    candidate: Model,
+    feeds: Sequence[dict[str, np.ndarray]],
+    rounds: int = 7,
+    warmup: int = 3,
+    min_round_s: float = 0.05,
+) -> LatencyComparison:
+    """Alternate the two models round by round (ABBA order, so drift favours neither). Each
+    round repeats the feeds until it lasts `min_round_s`: shorter rounds measure the timer."""
+    sessions = [baseline.session(), candidate.session()]
+    for session in sessions:
+        for feed in feeds[:warmup]:
+            session.run(None, feed)
+    repeats = max(1, math.ceil(min_round_s / max(_round(sessions[0], feeds, 1), 1e-9)))
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for index in order:
+            times[index].append(_round(sessions[index], feeds, repeats) / repeats)
+    base, cand = np.array(times[0]), np.array(times[1])
+    ratios = base / cand
+    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+    per_sample = 1e3 / len(feeds)
+    return LatencyComparison(
+        baseline_ms=float(np.median(base)) * per_sample,
+        candidate_ms=float(np.median(cand)) * per_sample,
+        speedup=float(np.median(base) / np.median(cand)),
+        ratio_spread=float((q75 - q25) / q50),
+        rounds=rounds,
+        samples=len(feeds),
+    )
+
+
+def _round(session: Any, feeds: Sequence[dict[str, np.ndarray]], repeats: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for feed in feeds:
+            session.run(None, feed)
+    return time.perf_counter() - start
+
+
+def latency_feeds(data: Dataset, count: int = 64) -> list[dict[str, np.ndarray]]:
+    """Batch-1 feeds spread over the evaluation set (real inputs, real lengths)."""
+    indices = np.linspace(0, len(data) - 1, num=min(count, len(data))).astype(int)
+    return [data.batch([int(i)]) for i in indices]
+
+
+def evaluate(
+    candidate: Model,
+    baseline: Model,
+    baseline_outputs: np.ndarray,
+    data: Dataset,
+    metric: MetricName,
+    *,
+    latency_samples: int = 64,
+    rounds: int = 7,
+) -> Evaluation:
+    fid = measure_fidelity(candidate, baseline_outputs, data, metric)
+    latency = compare_latency(baseline, candidate, latency_feeds(data, latency_samples), rounds)
+    return Evaluation(fid, latency, candidate.size_bytes, baseline.size_bytes)

@@ -1,0 +1,218 @@
+"""What the server counts: Prometheus metrics on /metrics, and the Triton-style statistics of
+the statistics extension (/v2/models/{m}/stats and gRPC ModelStatistics). Both are fed from
+the same calls, made by the batcher and the request handlers.
+
+Label values are only names of models that exist in the repository (and fixed reasons), never
+text from a request, so a client cannot blow up the number of series.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Why a request ended; every request is counted exactly once under one of these.
+OUTCOMES = (
+    "success",
+    "bad_request",
+    "not_found",
+    "not_ready",
+    "rejected",
+    "timeout",
+    "cancelled",
+    "model_error",
+)
+REJECTIONS = ("queue_full", "deadline", "draining")
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric of one server, in its own registry (two servers in one process do not
+    collide, and /metrics shows only what this server counts)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model", "version")
+        r = self.registry
+        self.requests = Counter(
+            "inferopt_requests", "Inference requests by outcome", (*labels, "outcome"), registry=r
+        )
+        self.rejections = Counter(
+            "inferopt_rejections",
+            "Requests refused by admission control",
+            (*labels, "reason"),
+            registry=r,
+        )
+        self.inferences = Counter(
+            "inferopt_inferences",
+            "Rows inferred (a request may carry several)",
+            labels,
+            registry=r,
+        )
+        self.executions = Counter(
+            "inferopt_executions", "Model executions (batches run)", labels, registry=r
+        )
+        self.pending = Gauge(
+            "inferopt_pending_requests", "Requests queued or running", labels, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "inferopt_queue_seconds",
+            "Time a request waited before its batch ran",
+            labels,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "inferopt_compute_seconds",
+            "Time one batch took to run",
+            labels,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "inferopt_request_seconds",
+            "Time from a request's arrival to its answer",
+            labels,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inferopt_batch_size",
+            "Rows per model execution",
+            labels,
+            buckets=_BATCH_SIZES,
+            registry=r,
+        )
+
+    def for_version(self, model: str, version: str) -> VersionMetrics:
+        return VersionMetrics(self, model, version)
+
+    def unknown_model(self, outcome: str) -> None:
+        """A request for a model the repository does not have: counted without its name."""
+        self.requests.labels("", "", outcome).inc()
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class Statistics:
+    """The statistics extension's counters for one model version."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+
+class VersionMetrics:
+    """The metrics and statistics of one model version, with one method per event."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self._m = metrics
+        self._labels = (model, version)
+        self.stats = Statistics()
+        self._lock = threading.Lock()  # executions are recorded from worker threads
+
+    def finished(self, outcome: str, seconds: float) -> None:
+        self._m.requests.labels(*self._labels, outcome).inc()
+        self._m.request_seconds.labels(*self._labels).observe(seconds)
+        with self._lock:
+            (self.stats.success if outcome == "success" else self.stats.fail).add(seconds)
+
+    def rejected(self, reason: str) -> None:
+        self._m.rejections.labels(*self._labels, reason).inc()
+
+    def pending(self, delta: int) -> None:
+        self._m.pending.labels(*self._labels).inc(delta)
+
+    def queued(self, seconds: float) -> None:
+        self._m.queue_seconds.labels(*self._labels).observe(seconds)
+        with self._lock:
+            self.stats.queue.add(seconds)
+
+    def executed(self, rows: int, merge_s: float, run_s: float, split_s: float) -> None:
+        self._m.inferences.labels(*self._labels).inc(rows)
+        self._m.executions.labels(*self._labels).inc()
+        self._m.compute_seconds.labels(*self._labels).observe(run_s)
+        self._m.batch_size.labels(*self._labels).observe(rows)
+        with self._lock:
+            s = self.stats
+            s.inference_count += rows
+            s.execution_count += 1
+            s.last_inference_ms = int(time.time() * 1000)
+            for total, seconds in (
+                (s.compute_input, merge_s),
+                (s.compute_infer, run_s),
+                (s.compute_output, split_s),
+            ):
+                total.add(seconds)
+            batch = s.batches.setdefault(rows, BatchStats())
+            batch.compute_input.add(merge_s)
+            batch.compute_infer.add(run_s)
+            batch.compute_output.add(split_s)
+
+    def to_json(self) -> dict[str, Any]:
+        """This version's entry of the statistics extension's `model_stats` list."""
+        with self._lock:
+            s = self.stats
+            stats = {
+                name: getattr(s, name).to_json()
+                for name in (
+                    "success",
+                    "fail",
+                    "queue",
+                    "compute_input",
+                    "compute_infer",
+                    "compute_output",
+                )
+            }
+            stats["cache_hit"] = Duration().to_json()
+            stats["cache_miss"] = Duration().to_json()
+            return {
+                "name": self.model,
+                "version": self.version,
+                "last_inference": s.last_inference_ms,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": stats,
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": b.compute_input.to_json(),
+                        "compute_infer": b.compute_infer.to_json(),
+                        "compute_output": b.compute_output.to_json(),
+                    }
+                    for size, b in sorted(s.batches.items())
+                ],
+            }
