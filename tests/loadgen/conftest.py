@@ -1,0 +1,110 @@
+"""Servers for the load generator's tests: the real inferopt server on loopback, serving a
+tiny ONNX model (y = 2x), optionally behind a runner that sleeps a known time per run, so
+the generator's statistics can be checked against a latency we chose."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from inferopt.iospec import IOSpec
+from inferopt.serve import BackgroundServer, ModelConfig, ServerConfig
+from inferopt.serve import repository as serve_repository
+from inferopt.serve.runner import RunControl, Runner
+
+SLEEP_S = 0.020
+
+
+def double_model() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "g", [x], [y], [two])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+class Sleeping:
+    """The real model, after a fixed sleep: every run takes SLEEP_S more than the model."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+
+    @property
+    def io(self) -> IOSpec:
+        return self.inner.io
+
+    def run(self, inputs: dict[str, np.ndarray], control: RunControl) -> dict[str, np.ndarray]:
+        time.sleep(SLEEP_S)
+        return self.inner.run(inputs, control)
+
+
+@pytest.fixture(scope="session")
+def double_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loadgen-repo")
+    (root / "double" / "1").mkdir(parents=True)
+    onnx.save(double_model(), str(root / "double" / "1" / "model.onnx"))
+    return root
+
+
+def _start(repo: Path, model_config: ModelConfig | None = None) -> BackgroundServer:
+    config = ServerConfig(host="127.0.0.1", http_port=0, grpc_port=0)
+    server = BackgroundServer(repo, config, model_config)
+    server.__enter__()
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(double_repo: Path) -> Iterator[BackgroundServer]:
+    """The tiny model as is, with batching."""
+    background = _start(double_repo)
+    yield background
+    background.stop()
+
+
+@pytest.fixture
+def sleepy() -> Iterator[Callable[..., BackgroundServer]]:
+    """Start a server whose every run sleeps SLEEP_S, one run at a time, no batching: its
+    capacity is 1 / SLEEP_S requests per second."""
+    started: list[BackgroundServer] = []
+    original = serve_repository._load_and_warm
+
+    def load_slowly(*args: Any) -> tuple[Any, dict[int, float]]:
+        runner, latency = original(*args)
+        return Sleeping(runner), latency
+
+    def start(repo: Path, **settings: Any) -> BackgroundServer:
+        config = ModelConfig(max_batch_size=0, instances=1, **settings)
+        started.append(_start(repo, config))
+        return started[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serve_repository, "_load_and_warm", load_slowly)
+        yield start
+    for background in started:
+        background.stop()
+
+
+@pytest.fixture(scope="session")
+def sleep_s() -> float:
+    return SLEEP_S
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
