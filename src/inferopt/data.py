@@ -83,6 +83,12 @@ class Dataset:
         chosen = [self.samples[i] for i in indices]
         return {name: _stack([s[name] for s in chosen], self.seq_axis) for name in chosen[0]}
 
+    def spread(self, count: int) -> list[dict[str, np.ndarray]]:
+        """Up to `count` one-example feeds evenly spread over the set (the first samples of a
+        file are often alike)."""
+        indices = np.linspace(0, len(self) - 1, num=min(count, len(self))).astype(int)
+        return [self.batch([int(i)]) for i in indices]
+
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), batch_size):
             yield self.batch(range(start, min(start + batch_size, len(self))))

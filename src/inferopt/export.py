@@ -8,10 +8,10 @@ exporters can silently turn a dynamic size into a constant."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import logging
-import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -24,11 +24,13 @@ import onnx
 import torch
 
 from inferopt import parity
-from inferopt.errors import ExportError, InputError, ParityError
+from inferopt.errors import ExportError, InputError, ParityError, first_line
 from inferopt.iospec import IOSpec, sample
 from inferopt.model import Model, Provenance, from_proto
 
 Exporter = Literal["auto", "dynamo", "torchscript"]
+# Exporter failures: the innermost cause, named (torch.onnx wraps it in a generic error).
+_why = functools.partial(first_line, named=True, innermost=True)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def check_against_module(
             reference = _flatten(module(**{k: torch.from_numpy(v) for k, v in inputs.items()}))
     except Exception as exc:  # the module itself is not shape-polymorphic on these axes
         raise ExportError(
-            f"{label}: the module itself fails at {where} ({_line(exc)}); if its batch or "
+            f"{label}: the module itself fails at {where} ({_why(exc)}); if its batch or "
             "sequence size is fixed, export with batch_axis/seq_axis set to None"
         ) from exc
     expected = dict(zip(model.io.output_names, reference, strict=True))
@@ -112,7 +114,7 @@ def check_against_module(
     except Exception as exc:  # ORT errors are untyped; any failure here is a parity failure
         raise ParityError(
             f"{label}: the ONNX model fails at {where} although the module runs: "
-            f"{_line(exc)}; the exporter baked in a shape seen in the example inputs"
+            f"{_why(exc)}; the exporter baked in a shape seen in the example inputs"
         ) from exc
     report = parity.compare_outputs(
         expected, got, atol=config.atol, rtol=config.rtol, batch=batch, seq=seq
@@ -194,14 +196,14 @@ def _export(
             return _export_dynamo(module, feeds, axes, config.opset), "dynamo", None
         except Exception as exc:  # torch.export raises many types; all mean "try the other"
             if config.exporter == "dynamo":
-                raise ExportError(f"{label}: the dynamo exporter failed: {_line(exc)}") from exc
-            note = f"dynamo exporter failed ({_line(exc)}); used the TorchScript exporter"
+                raise ExportError(f"{label}: the dynamo exporter failed: {_why(exc)}") from exc
+            note = f"dynamo exporter failed ({_why(exc)}); used the TorchScript exporter"
     else:
         note = None
     try:
         return _export_torchscript(module, feeds, axes, config.opset), "torchscript", note
     except Exception as exc:
-        raise ExportError(f"{label}: export to ONNX failed: {_line(exc)}") from exc
+        raise ExportError(f"{label}: export to ONNX failed: {_why(exc)}") from exc
 
 
 @contextlib.contextmanager
@@ -318,15 +320,3 @@ def _flatten(output: Any) -> list[np.ndarray]:
     if isinstance(output, list | tuple):
         return [a for v in output for a in _flatten(v)]
     raise ExportError(f"module returned a {type(output).__name__}; tensors are expected")
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _line(exc: BaseException) -> str:
-    """The first line of the innermost cause: torch.onnx wraps the real reason in a generic
-    "Failed to export the model" error."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    lines = [ln for ln in _ANSI.sub("", str(exc)).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__

@@ -170,9 +170,14 @@ def from_onnx(proto: onnx.ModelProto) -> IOSpec:
     return IOSpec(inputs, outputs, batch_axis, seq_axis)
 
 
-def attach(proto: onnx.ModelProto, spec: IOSpec) -> None:
-    """Store `spec` in the model's metadata (replacing any earlier one)."""
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+def set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one metadata_props entry, replacing any earlier one with that key."""
+    kept = [p for p in proto.metadata_props if p.key != key]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(spec.to_json()))
+    proto.metadata_props.add(key=key, value=value)
+
+
+def attach(proto: onnx.ModelProto, spec: IOSpec) -> None:
+    """Store `spec` in the model's metadata (replacing any earlier one)."""
+    set_metadata(proto, METADATA_KEY, json.dumps(spec.to_json()))

@@ -66,7 +66,7 @@ class Model:
         return int(self.proto.ByteSize())
 
     def with_io(self, io: IOSpec) -> Model:
-        return replace(self, io=io, _session_cache={})
+        return replace(self, io=io)  # same graph, so its sessions stay valid and shared
 
     def session(self, config: SessionConfig | None = None) -> Any:
         """A (cached) ONNX Runtime session for this model under `config`."""
@@ -96,15 +96,8 @@ class Model:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         iospec_mod.attach(proto, self.io)
-        _set_metadata(proto, PROVENANCE_KEY, json.dumps(self.provenance.to_json()))
+        iospec_mod.set_metadata(proto, PROVENANCE_KEY, json.dumps(self.provenance.to_json()))
         return proto
-
-
-def _set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
-    kept = [p for p in proto.metadata_props if p.key != key]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=key, value=value)
 
 
 def _read_provenance(proto: onnx.ModelProto, default: Provenance) -> Provenance:
@@ -116,10 +109,13 @@ def _read_provenance(proto: onnx.ModelProto, default: Provenance) -> Provenance:
 
 def from_proto(proto: onnx.ModelProto, provenance: Provenance, *, verify: bool = True) -> Model:
     """Wrap a proto; with `verify`, check it and make sure ONNX Runtime can load it."""
+    sessions: dict[str, Any] = {}
     if verify:
         _check(proto, provenance.source)
-        create_session(proto, label=provenance.source)
-    return Model(proto, iospec_mod.from_onnx(proto), provenance)
+        # Loading it in ONNX Runtime is the check; keep the session for the model's first run.
+        config = SessionConfig()
+        sessions[repr(config)] = create_session(proto, config, label=provenance.source)
+    return Model(proto, iospec_mod.from_onnx(proto), provenance, sessions)
 
 
 def load_onnx(path: str | Path, *, verify: bool = True) -> Model:

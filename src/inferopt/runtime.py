@@ -10,7 +10,7 @@ from typing import Any, Literal
 import onnx
 import onnxruntime as ort
 
-from inferopt.errors import ModelLoadError
+from inferopt.errors import ModelLoadError, first_line
 
 GraphLevel = Literal["disable", "basic", "extended", "all"]
 _LEVELS = {
@@ -88,9 +88,4 @@ def create_session(
             source, sess_options=session_options(config), providers=list(config.providers)
         )
     except Exception as exc:  # ORT raises its own pybind types; map them to one clear line
-        raise ModelLoadError(f"{name}: ONNX Runtime cannot load it: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise ModelLoadError(f"{name}: ONNX Runtime cannot load it: {first_line(exc)}") from exc

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from inferopt.data import Dataset
-from inferopt.errors import InferoptError
+from inferopt.errors import InferoptError, first_line
 from inferopt.measure.fidelity import mean_cosine
 from inferopt.model import Model, from_proto
 
@@ -83,7 +83,7 @@ class Pass:
         except InferoptError:
             raise
         except Exception as exc:  # library errors (ORT, onnxscript): name the pass
-            raise PassError(f"pass {self.name!r} failed: {_first_line(exc)}") from exc
+            raise PassError(f"pass {self.name!r} failed: {first_line(exc, named=True)}") from exc
         step = {"pass": self.name, "options": self.options(), "report": result.report}
         provenance = replace(model.provenance, steps=(*model.provenance.steps, step))
         try:
@@ -137,11 +137,6 @@ def _check_output(name: str, output: str, ref: np.ndarray, got: np.ndarray, tol:
                 f"pass {name!r} changed output {output!r}: mean cosine {cosine:.4f} to its input "
                 f"model, below the pass's tolerance {tol.min_cosine}"
             )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -228,9 +228,6 @@ SENSITIVITY_SAMPLES = 32
 
 
 def _sensitivity_feeds(model: Model, context: PassContext) -> list[dict[str, np.ndarray]]:
-    data = context.calibration
-    if data is None:
+    if context.calibration is None:
         return list(context.verification)
-    # Spread over the set: the first samples of a file are often alike.
-    indices = np.linspace(0, len(data) - 1, num=min(SENSITIVITY_SAMPLES, len(data))).astype(int)
-    return [data.batch([int(i)]) for i in indices]
+    return context.calibration.spread(SENSITIVITY_SAMPLES)

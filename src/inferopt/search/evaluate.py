@@ -152,8 +152,7 @@ def _round(session: Any, feeds: Sequence[dict[str, np.ndarray]], repeats: int) -
 
 def latency_feeds(data: Dataset, count: int = 64) -> list[dict[str, np.ndarray]]:
     """Batch-1 feeds spread over the evaluation set (real inputs, real lengths)."""
-    indices = np.linspace(0, len(data) - 1, num=min(count, len(data))).astype(int)
-    return [data.batch([int(i)]) for i in indices]
+    return data.spread(count)
 
 
 def evaluate(

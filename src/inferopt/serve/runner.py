@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from inferopt.errors import first_line
 from inferopt.iospec import IOSpec
 from inferopt.model import Model
 from inferopt.runtime import SessionConfig, create_session
@@ -70,7 +71,7 @@ class OnnxRunner:
         except Exception as exc:  # ORT raises its own pybind types, one per status code
             if control.terminated:
                 raise Terminated() from exc
-            message = _first_line(exc)
+            message = first_line(exc)
             if "INVALID_ARGUMENT" in message:  # e.g. a token id beyond the vocabulary
                 raise BadRequest(f"the model rejected the inputs: {message}") from exc
             raise ModelFailed(f"running the model failed: {message}") from exc
@@ -89,11 +90,6 @@ def _as_text(array: np.ndarray, name: str) -> np.ndarray:
     converted = np.empty(array.size, dtype=np.object_)
     converted[:] = text
     return converted.reshape(array.shape)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
