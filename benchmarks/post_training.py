@@ -25,9 +25,9 @@ from common import interleaved, save, speedups, table
 from inferopt.data import Dataset
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
 from inferopt.model import Model, Provenance, from_proto
-from inferopt.optimize import apply
 from inferopt.passes.base import PassContext
 from inferopt.passes.recipe import Recipe
+from inferopt.recipes import apply
 from inferopt.search.evaluate import latency_feeds, outputs
 from inferopt.sources import load
 from inferopt.zoo import get

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from inferopt.model import Model
+    from inferopt.search.auto import SearchResult
 
 from inferopt.errors import (
     ExportError,
@@ -25,6 +26,16 @@ def load(source: Any, example_inputs: Any = None, **options: Any) -> Model:
     from inferopt.sources import load as _load
 
     return _load(source, example_inputs, **options)
+
+
+def optimize(source: Any = None, out: Any = None, **options: Any) -> SearchResult:
+    """Search for the fastest model within an accuracy budget (the zoo's default model when
+    `source` is None) and, with `out`, write the artifact folder. Options: `data`, `config`
+    (inferopt.search.SearchConfig), `progress`. See inferopt.search.auto.optimize."""
+    from inferopt import zoo
+    from inferopt.search.auto import optimize as _optimize
+
+    return _optimize(zoo.DEFAULT if source is None else source, out, **options)
 
 
 def __getattr__(name: str) -> Any:
@@ -47,5 +58,6 @@ __all__ = [
     "__version__",
     "compare",
     "load",
+    "optimize",
     "profile",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +35,31 @@ def check_destination(out: Path) -> None:
 
 
 def write(out: Path, model: Model, manifest: dict[str, Any], report: str) -> Path:
+    def fill(folder: Path) -> None:
+        model.save(folder / MODEL_FILE)
+        write_manifest(folder, manifest)
+        (folder / REPORT).write_text(report)
+
+    return write_folder(out, fill)
+
+
+def write_folder(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Let `fill` write the artifact's files into a staging folder, then swap it into place."""
     check_destination(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        model.save(staging / MODEL_FILE)
-        full = {"schema_version": SCHEMA_VERSION, **manifest}
-        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=_jsonable) + "\n")
-        (staging / REPORT).write_text(report)
+        fill(staging)
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    full = {"schema_version": SCHEMA_VERSION, **manifest}
+    (folder / MANIFEST).write_text(json.dumps(full, indent=2, default=jsonable) + "\n")
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
@@ -70,7 +83,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, tuple | set):
         return list(value)
     if hasattr(value, "item"):  # numpy scalars

@@ -1,6 +1,7 @@
 """Servers for the load generator's tests: the real inferopt server on loopback, serving a
-tiny ONNX model (y = 2x), optionally behind a runner that sleeps a known time per run, so
-the generator's statistics can be checked against a latency we chose."""
+tiny ONNX model (y = 2x), optionally behind a runner that sleeps a known time per run
+(through the server's public `wrap_runner` hook), so the generator's statistics can be
+checked against a latency we chose."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from onnx import TensorProto, helper
 
 from inferopt.iospec import IOSpec
 from inferopt.serve import BackgroundServer, ModelConfig, ServerConfig
-from inferopt.serve import repository as serve_repository
 from inferopt.serve.runner import RunControl, Runner
 
 SLEEP_S = 0.020
@@ -55,9 +55,11 @@ def double_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _start(repo: Path, model_config: ModelConfig | None = None) -> BackgroundServer:
+def _start(
+    repo: Path, model_config: ModelConfig | None = None, wrap: Any = None
+) -> BackgroundServer:
     config = ServerConfig(host="127.0.0.1", http_port=0, grpc_port=0)
-    server = BackgroundServer(repo, config, model_config)
+    server = BackgroundServer(repo, config, model_config, wrap_runner=wrap)
     server.__enter__()
     server.wait_ready()
     return server
@@ -76,20 +78,13 @@ def sleepy() -> Iterator[Callable[..., BackgroundServer]]:
     """Start a server whose every run sleeps SLEEP_S, one run at a time, no batching: its
     capacity is 1 / SLEEP_S requests per second."""
     started: list[BackgroundServer] = []
-    original = serve_repository._load_and_warm
-
-    def load_slowly(*args: Any) -> tuple[Any, dict[int, float]]:
-        runner, latency = original(*args)
-        return Sleeping(runner), latency
 
     def start(repo: Path, **settings: Any) -> BackgroundServer:
         config = ModelConfig(max_batch_size=0, instances=1, **settings)
-        started.append(_start(repo, config))
+        started.append(_start(repo, config, lambda name, runner: Sleeping(runner)))
         return started[-1]
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(serve_repository, "_load_and_warm", load_slowly)
-        yield start
+    yield start
     for background in started:
         background.stop()
 

@@ -96,6 +96,25 @@ def test_refusals_are_counted_by_status(
     assert s.goodput <= s.throughput <= 1.1 / sleep_s
 
 
+def test_overload_is_refused_quickly_and_what_is_admitted_meets_the_target(
+    sleepy: Callable[..., BackgroundServer], double_repo: Path, sleep_s: float
+) -> None:
+    """4x capacity, open loop, with max_queue_wait_ms: the server answers at capacity within
+    about its target, and refuses the rest at once (without it, the queue would grow to
+    max_queue_size and every answer would wait seconds)."""
+    target_ms = 3 * sleep_s * 1000  # room for about three requests pending
+    server = sleepy(double_repo, max_queue_wait_ms=target_ms)
+    config = RunConfig(window_s=0.5, warmup_s=0.5, max_duration_s=2.5, slo_ms=4 * target_ms)
+    point = measure(server, Load("open", 4 / sleep_s, "poisson"), config)
+    s = point.summary
+    assert s.outcomes["429"] > s.outcomes["ok"]  # most of 4x capacity refused
+    assert s.throughput >= 0.6 / sleep_s  # yet the server keeps answering near capacity
+    assert s.goodput >= 0.9 * s.throughput  # and in time
+    assert s.outcomes["other"] == s.outcomes["timeout"] == s.outcomes["dropped"] == 0
+    refused = sorted(x.latency for x in point.samples if x.outcome == "429")
+    assert refused[len(refused) // 2] < sleep_s  # refused before a single run could finish
+
+
 def test_the_cap_on_outstanding_requests_drops_the_excess(
     sleepy: Callable[..., BackgroundServer], double_repo: Path, sleep_s: float
 ) -> None:

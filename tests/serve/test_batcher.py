@@ -18,7 +18,7 @@ from inferopt.model import load_onnx
 from inferopt.serve import ModelConfig
 from inferopt.serve.batcher import Batcher, Draining
 from inferopt.serve.errors import BadRequest, DeadlineExceeded, Overloaded
-from inferopt.serve.estimates import ArrivalGap, LatencyModel
+from inferopt.serve.estimates import ArrivalGap, LatencyModel, PendingLimit
 from inferopt.serve.metrics import Metrics
 from inferopt.serve.runner import OnnxRunner, RunControl
 
@@ -142,6 +142,49 @@ def test_a_full_queue_refuses_at_once() -> None:
             await batcher.submit(rows(3), None)
         runner.gate.set()
         await asyncio.gather(running, queued)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_the_pending_limit_shrinks_on_late_answers_and_grows_on_timely_ones() -> None:
+    limit = PendingLimit(target_s=0.05, ceiling=100, start=10)
+    assert limit.limit == 10
+    for _ in range(5):
+        limit.answered(0.01, now=1.0)  # slow start: +1 per timely answer
+    assert limit.limit == 15
+    limit.answered(0.2, now=10.0)
+    assert limit.limit == 12
+    limit.answered(0.2, now=10.01)  # the same burst of late answers: one cut per target
+    assert limit.limit == 12
+    limit.answered(0.2, now=10.06)
+    assert limit.limit == 9  # 9.6
+    for _ in range(48):
+        limit.answered(0.01, now=11.0)  # after slow start: about +1 per `limit` answers
+    assert 12 <= limit.limit <= 14
+    for step in range(100):
+        limit.answered(1.0, now=20.0 + step)
+    assert limit.limit == 1  # never below one: the server always takes some work
+    assert PendingLimit(target_s=0.05, ceiling=100, start=500).limit == 100
+
+
+def test_max_queue_wait_refuses_beyond_the_limit_that_late_answers_taught() -> None:
+    async def scenario() -> None:
+        runner = Doubler(gated=True)
+        batcher = make(runner, max_batch_size=1, max_queue_size=4, max_queue_wait_ms=1.0)
+        for _ in range(7):  # each answered ~20 ms after admission, well past the 1 ms target
+            answer = asyncio.create_task(batcher.submit(rows(1), None))
+            await asyncio.sleep(0.02)
+            runner.gate.set()
+            await answer
+            runner.gate.clear()
+        held = asyncio.create_task(batcher.submit(rows(2), None))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="max_queue_wait_ms") as refused:
+            await batcher.submit(rows(3), None)
+        assert refused.value.status == 429
+        runner.gate.set()
+        await held
         await batcher.close()
 
     run(scenario)

@@ -94,7 +94,9 @@ def test_sigterm_finishes_every_accepted_request_then_exits(
     try:
         http, grpc = server.addresses(poll)
         poll(lambda: httpx.get(f"http://{http}/v2/health/ready").status_code == 200, timeout=60)
-        trips = int(spin_rate * 0.3)  # six requests, run one at a time: ~2 s of queued work
+        # Six requests, run one at a time: ~4 s of queued work, so all six are pending at
+        # once even when starting the client threads is slow on a busy machine.
+        trips = int(spin_rate * 0.6)
         answers: list[object] = []
         threads = [
             threading.Thread(target=http_request, args=(http, trips, answers)) for _ in range(4)

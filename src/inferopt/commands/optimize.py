@@ -4,6 +4,7 @@ fidelity, latency ratio (measured interleaved) and size ratio against the input 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -11,34 +12,92 @@ from rich.table import Table
 from rich.text import Text
 
 from inferopt import zoo
-from inferopt.passes.recipe import PASSES
+from inferopt.passes.recipe import PASSES, RecipeError
+from inferopt.search.select import OBJECTIVES
 
 console = Console()
+EXIT_NONE_WITHIN_BUDGET = 1  # the closest candidates are written; none is within budget
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "optimize",
-        help="apply a recipe of passes and measure what it costs and saves",
-        description="Apply an ordered recipe of passes, e.g. "
-        f"--recipe fuse,smooth:0.75,int8-dynamic. Passes: {', '.join(PASSES)}.",
+        help="find the fastest model within an accuracy budget, or apply a recipe",
+        description="Without --recipe: search the recipes that apply to the model, measure "
+        "each here, and keep the best on --objective within --max-drop. With --recipe: apply "
+        f"an ordered recipe, e.g. fuse,smooth:0.75,int8-dynamic. Passes: {', '.join(PASSES)}; "
+        "PyTorch steps, first in a recipe: prune, sparsify, distill (docs/compress.md).",
     )
     parser.add_argument(
-        "model", nargs="?", default=zoo.DEFAULT, help="model source (default: %(default)s)"
+        "model", nargs="?", default=None, help=f"model source (default: {zoo.DEFAULT})"
     )
-    parser.add_argument("--recipe", required=True, help="comma-separated passes, in order")
-    parser.add_argument("--out", required=True, help="artifact folder to write")
+    parser.add_argument("--out", help="artifact folder to write (default: optimized/MODEL)")
     parser.add_argument("--data", help=".npz with inputs keyed by name (and optional labels)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--recipe", help="comma-separated passes, in order (no search)")
+    how.add_argument("--recipe-from", help="an artifact's inferopt.json: apply its recipe again")
+    search = parser.add_argument_group("search (without --recipe)")
+    search.add_argument(
+        "--max-drop",
+        default="0.5%",
+        help="accuracy budget: 0.5%% (relative) "
+        "or 0.005 (absolute, in the metric's units) (default: %(default)s)",
+    )
+    search.add_argument(
+        "--metric",
+        help="top1 | embedding | agreement | module:function "
+        "(called as function(outputs, labels) -> float, higher is better)",
+    )
+    search.add_argument("--objective", choices=OBJECTIVES, default="latency")
+    search.add_argument(
+        "--time-budget",
+        type=_seconds,
+        default=600.0,
+        metavar="S",
+        help="stop trying new candidates after this long (default: 600)",
+    )
+    search.add_argument(
+        "--fresh", action="store_true", help="measure again the candidates an earlier run finished"
+    )
+    search.add_argument("--no-training", action="store_true",
+                        help="leave out pruning and distillation")  # fmt: skip
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from inferopt.optimize import optimize_recipe
-    from inferopt.passes.recipe import Recipe
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
-    recipe = Recipe.parse(args.recipe)
-    with console.status(f"applying {recipe.text()} to {args.model} and measuring ..."):
-        result = optimize_recipe(args.model, recipe, args.out, data=args.data)
+
+def run(args: argparse.Namespace) -> int:
+    if args.recipe or args.recipe_from:
+        return run_recipe(args)
+    return run_search(args)
+
+
+def run_recipe(args: argparse.Namespace) -> int:
+    from inferopt.artifact import read_manifest
+    from inferopt.passes.recipe import Recipe
+    from inferopt.recipes import optimize_recipe
+
+    model = args.model
+    if args.recipe_from:
+        manifest = read_manifest(Path(args.recipe_from))
+        if not manifest.get("recipe"):
+            raise RecipeError(f"{args.recipe_from}: the manifest holds no recipe to apply")
+        recipe = Recipe.from_json(manifest["recipe"])
+        model = model or manifest.get("source")
+    else:
+        recipe = Recipe.parse(args.recipe)
+    model = model or zoo.DEFAULT
+    out = args.out or default_out(model)
+    with console.status(f"applying {recipe.text()} to {model} and measuring ..."):
+        result = optimize_recipe(model, recipe, out, data=args.data)
     show(
         result.evaluation,
         [s for s in result.model.provenance.steps],
@@ -47,6 +106,42 @@ def run(args: argparse.Namespace) -> int:
     )
     console.print(f"wrote {result.out}/model.onnx, inferopt.json, report.md")
     return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from inferopt.search import view
+    from inferopt.search.auto import SearchConfig, optimize
+    from inferopt.search.select import Budget
+
+    config = SearchConfig(
+        max_drop=Budget.parse(args.max_drop),
+        objective=args.objective,
+        time_budget_s=args.time_budget,
+        metric=args.metric,
+        fresh=args.fresh,
+        training=not args.no_training,
+    )
+    model = args.model or zoo.DEFAULT
+    out = args.out or default_out(model)
+    try:
+        with console.status(f"optimizing {model}: measuring the baseline ...") as status:
+            result = optimize(
+                model, out, data=args.data, config=config, progress=lambda m: status.update(m)
+            )
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: {out} holds the best candidate so far (status in-progress), if "
+            "any; the same command again resumes, reusing every finished candidate"
+        )
+        raise
+    view.show(result, console)
+    return 0 if result.chosen is not None else EXIT_NONE_WITHIN_BUDGET
+
+
+def default_out(model: str) -> str:
+    name = Path(model).stem if Path(model).suffix else Path(model).name
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+    return str(Path("optimized") / safe)
 
 
 def _step_summary(step: dict[str, Any]) -> str:

@@ -99,8 +99,7 @@ async def run_point(
     scrape: Scrape | None = None,
     on_window: OnWindow | None = None,
 ) -> Point:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = time.monotonic()
     samples: list[Sample] = []
     if load.mode == "closed":
         driver = asyncio.create_task(_closed(client, int(load.level), samples, start))
@@ -109,9 +108,9 @@ async def run_point(
     try:
         await _sleep_until(start + config.warmup_s)
         before = await scrape() if scrape else None
-        cpu_start, wall_start = time.process_time(), loop.time()
+        cpu_start, wall_start = time.process_time(), time.monotonic()
         watch = await _watch(samples, start, load, config, on_window)
-        cpu = (time.process_time() - cpu_start) / (loop.time() - wall_start)
+        cpu = (time.process_time() - cpu_start) / (time.monotonic() - wall_start)
         after = await scrape() if scrape else None
     finally:
         driver.cancel()
@@ -136,14 +135,13 @@ async def _watch(
     """Cut the samples into windows by when they completed (they are appended on completion),
     until the last windows agree or time is up. Returns windows, their start indices plus the
     end, and whether they agreed."""
-    loop = asyncio.get_running_loop()
     bounds = [len(samples)]
     windows: list[Summary] = []
-    window_start = loop.time()
+    window_start = time.monotonic()
     while True:
         end = min(window_start + config.window_s, start + config.max_duration_s)
         await _sleep_until(end)
-        now = loop.time()
+        now = time.monotonic()
         bounds.append(len(samples))
         window = summarize(samples[bounds[-2] : bounds[-1]], now - window_start, config.slo_ms)
         windows.append(window)
@@ -157,7 +155,7 @@ async def _watch(
 
 
 async def _sleep_until(when: float) -> None:
-    delay = when - asyncio.get_running_loop().time()
+    delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
 
@@ -166,11 +164,10 @@ async def _closed(client: Client, workers: int, samples: list[Sample], start: fl
     """`workers` loops, each with one request outstanding; runs until cancelled."""
 
     async def worker() -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            sent = loop.time() - start
+            sent = time.monotonic() - start
             outcome = await client.infer()
-            samples.append(Sample(sent, loop.time() - start - sent, outcome))
+            samples.append(Sample(sent, time.monotonic() - start - sent, outcome))
 
     await asyncio.gather(*(worker() for _ in range(workers)))
 
@@ -180,12 +177,11 @@ async def _open(
 ) -> None:
     """Send on schedule whatever the server does; a request's latency counts from its
     scheduled time, so time it spent waiting for the generator or the server is included."""
-    loop = asyncio.get_running_loop()
     outstanding: set[asyncio.Task[None]] = set()
 
     async def one(scheduled: float) -> None:
         outcome = await client.infer()
-        samples.append(Sample(scheduled, loop.time() - start - scheduled, outcome))
+        samples.append(Sample(scheduled, time.monotonic() - start - scheduled, outcome))
 
     try:
         for offset in arrivals(load.level, load.arrival, config.seed):
@@ -193,7 +189,7 @@ async def _open(
                 break
             await _sleep_until(start + offset)
             if len(outstanding) >= config.max_outstanding:
-                samples.append(Sample(offset, loop.time() - start - offset, "dropped"))
+                samples.append(Sample(offset, time.monotonic() - start - offset, "dropped"))
                 continue
             task = asyncio.create_task(one(offset))
             outstanding.add(task)

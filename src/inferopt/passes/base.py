@@ -70,6 +70,8 @@ class Pass:
 
     name: ClassVar[str]
     tolerance: ClassVar[Tolerance] = EXACT
+    # Option sets the auto-search tries, cheapest first; empty: the search leaves it out.
+    search: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     def run(self, model: Model, context: PassContext) -> PassResult:
         raise NotImplementedError

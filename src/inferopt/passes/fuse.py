@@ -73,6 +73,7 @@ class Fuse(Pass):
     transformer: bool = True
     cnn: bool = True
     name = "fuse"
+    search = ({},)
 
     def run(self, model: Model, context: PassContext) -> PassResult:
         graph = ir.serde.deserialize_model(model.proto)

@@ -90,6 +90,9 @@ class DynamicInt8(Pass):
     include: tuple[str, ...] = ()  # when set, only these nodes are quantized
     fallback: float | None = None  # target cosine: keep the most sensitive nodes in float
     name = "int8-dynamic"
+    search = ({},)
+    # Tried only when the plain variant misses the budget: the sensitivity scan is costly.
+    fallback_targets = (0.999, 0.9997)
     tolerance = INT8_TOLERANCE
 
     def __post_init__(self) -> None:
@@ -131,6 +134,8 @@ class StaticInt8(Pass):
     include: tuple[str, ...] = ()
     fallback: float | None = None  # target cosine: keep the most sensitive nodes in float
     name = "int8-static"
+    search = ({"calibration": "minmax"}, {"calibration": "percentile"}, {"calibration": "entropy"})
+    fallback_targets = (0.999, 0.9997)
     tolerance = INT8_TOLERANCE
 
     def __post_init__(self) -> None:

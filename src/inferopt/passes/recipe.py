@@ -3,7 +3,10 @@
 can be reproduced exactly.
 
 Text syntax: passes separated by commas; each `name`, `name:value` (the pass's main option) or
-`name:key=value:key=value`. Lists (node names) join with `+`."""
+`name:key=value:key=value`. Lists (node names) join with `+`.
+
+PyTorch steps (`prune`, `sparsify`, `distill`; see inferopt.compress.steps) change and train
+the source model before it is exported, so they come first, before every ONNX pass."""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from inferopt.compress.steps import MAIN_OPTION as TORCH_MAIN_OPTION
+from inferopt.compress.steps import STEPS as TORCH_STEPS
+from inferopt.compress.steps import TorchStep
 from inferopt.errors import InferoptError
 from inferopt.passes.base import Pass
 from inferopt.passes.fuse import Fuse
@@ -44,21 +50,30 @@ MAIN_OPTION = {
     "smooth": "alpha",
     "int8-static": "calibration",
     "int8-dynamic": "fallback",
+    **TORCH_MAIN_OPTION,
 }
 PRECISION = {"fp16", "bf16", "int8-dynamic", "int8-static"}  # change number formats
 # Rewrites match float patterns; after a precision change they find nothing, or break it.
 FLOAT_ONLY = {"fold", "fuse", "smooth"}
 
 
+Step = Pass | TorchStep
+
+
 @dataclass(frozen=True)
 class Recipe:
-    passes: tuple[Pass, ...]
+    passes: tuple[Pass, ...]  # ONNX passes, in order
+    torch_steps: tuple[TorchStep, ...] = ()  # PyTorch steps, applied before export
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return (*self.torch_steps, *self.passes)
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"pass": p.name, "options": p.options()} for p in self.passes]
+        return [{"pass": p.name, "options": p.options()} for p in self.steps]
 
     def text(self) -> str:
-        return ",".join(p.name for p in self.passes)
+        return ",".join(p.name for p in self.steps)
 
     @staticmethod
     def from_json(steps: list[dict[str, Any]]) -> Recipe:
@@ -72,7 +87,7 @@ class Recipe:
         return validated(tuple(_parse_item(item) for item in items))
 
 
-def _parse_item(item: str) -> Pass:
+def _parse_item(item: str) -> Step:
     name, *args = item.split(":")
     options: dict[str, Any] = {}
     for arg in args:
@@ -86,10 +101,11 @@ def _parse_item(item: str) -> Pass:
     return build(name, options)
 
 
-def build(name: str, options: dict[str, Any]) -> Pass:
-    if name not in PASSES:
-        raise RecipeError(f"unknown pass {name!r}; passes are {', '.join(PASSES)}")
-    cls = PASSES[name]
+def build(name: str, options: dict[str, Any]) -> Step:
+    if name not in PASSES and name not in TORCH_STEPS:
+        known = ", ".join([*PASSES, *TORCH_STEPS])
+        raise RecipeError(f"unknown pass {name!r}; passes are {known}")
+    cls: type[Step] = PASSES[name] if name in PASSES else TORCH_STEPS[name]
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(options) - set(fields)
     if unknown:
@@ -126,7 +142,9 @@ def _convert(value: Any, hint: Any) -> Any:
     return value
 
 
-def validated(passes: tuple[Pass, ...]) -> Recipe:
+def validated(steps: tuple[Step, ...]) -> Recipe:
+    torch_steps = _torch_prefix(steps)
+    passes = tuple(s for s in steps if isinstance(s, Pass))
     precision = [i for i, p in enumerate(passes) if p.name in PRECISION]
     if len(precision) > 1:
         names = " and ".join(passes[i].name for i in precision)
@@ -138,4 +156,30 @@ def validated(passes: tuple[Pass, ...]) -> Recipe:
                 f"{later[0]!r} comes after {passes[precision[0]].name!r}: its rewrites match "
                 "float graphs, so put it before the precision change"
             )
-    return Recipe(passes)
+    return Recipe(passes, torch_steps)
+
+
+def _torch_prefix(steps: tuple[Step, ...]) -> tuple[TorchStep, ...]:
+    """The PyTorch steps, which must all come before the first ONNX pass (they change the
+    model that is exported), each at most once, and `sparsify` last: training after it
+    would fill the zeros back in."""
+    onnx_seen: Pass | None = None
+    torch_steps: list[TorchStep] = []
+    for step in steps:
+        if isinstance(step, Pass):
+            onnx_seen = onnx_seen or step
+            continue
+        if onnx_seen is not None:
+            raise RecipeError(
+                f"{step.name!r} is a PyTorch step and comes after the ONNX pass "
+                f"{onnx_seen.name!r}: put the PyTorch steps (prune, sparsify, distill) first"
+            )
+        if any(s.name == step.name for s in torch_steps):
+            raise RecipeError(f"the recipe has {step.name!r} twice; give it once")
+        if torch_steps and torch_steps[-1].name == "sparsify":
+            raise RecipeError(
+                f"{step.name!r} comes after 'sparsify': its training would undo the zeros, "
+                "so put sparsify last among the PyTorch steps"
+            )
+        torch_steps.append(step)
+    return tuple(torch_steps)

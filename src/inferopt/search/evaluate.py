@@ -18,8 +18,10 @@ import numpy as np
 from inferopt.data import Dataset
 from inferopt.measure import fidelity
 from inferopt.model import Model
+from inferopt.runtime import SessionConfig
 
 MetricName = Literal["top1", "embedding", "agreement"]
+MIN_ROUND_S = 0.05  # a latency round repeats its feeds at least this long: shorter is timer noise
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,12 @@ def outputs(model: Model, data: Dataset, batch_size: int = 32) -> np.ndarray:
 def measure_fidelity(
     candidate: Model, baseline_outputs: np.ndarray, data: Dataset, metric: MetricName
 ) -> Fidelity:
-    got = outputs(candidate, data)
+    return fidelity_of(outputs(candidate, data), baseline_outputs, data, metric)
+
+
+def fidelity_of(
+    got: np.ndarray, baseline_outputs: np.ndarray, data: Dataset, metric: MetricName
+) -> Fidelity:
     cosine = fidelity.mean_cosine(baseline_outputs, got)
     if metric == "top1":
         agreement = float(np.mean(got.argmax(1) == baseline_outputs.argmax(1)))
@@ -114,11 +121,13 @@ def compare_latency(
     feeds: Sequence[dict[str, np.ndarray]],
     rounds: int = 7,
     warmup: int = 3,
-    min_round_s: float = 0.05,
+    min_round_s: float = MIN_ROUND_S,
+    configs: tuple[SessionConfig | None, SessionConfig | None] = (None, None),
 ) -> LatencyComparison:
     """Alternate the two models round by round (ABBA order, so drift favours neither). Each
-    round repeats the feeds until it lasts `min_round_s`: shorter rounds measure the timer."""
-    sessions = [baseline.session(), candidate.session()]
+    round repeats the feeds until it lasts `min_round_s`: shorter rounds measure the timer.
+    `configs` are the two models' session settings (threads, ...), default ORT's."""
+    sessions = [baseline.session(configs[0]), candidate.session(configs[1])]
     for session in sessions:
         for feed in feeds[:warmup]:
             session.run(None, feed)

@@ -42,7 +42,9 @@ def create_app(context: Context) -> Starlette:
     model = "/v2/models/{model}"
     version = model + "/versions/{version}"
     get = ["GET"]
-    routes = [
+    routes = [  # inference first: Starlette tries routes in order, and it is the hot path
+        Route(model + "/infer", api.infer, methods=["POST"]),
+        Route(version + "/infer", api.infer, methods=["POST"]),
         Route("/v2/health/live", api.live, methods=get),
         Route("/v2/health/ready", api.ready, methods=get),
         Route("/v2", api.server_metadata, methods=get),
@@ -59,7 +61,6 @@ def create_app(context: Context) -> Starlette:
             Route(prefix + "/ready", api.model_ready, methods=get),
             Route(prefix + "/config", api.model_config, methods=get),
             Route(prefix + "/stats", api.stats, methods=get),
-            Route(prefix + "/infer", api.infer, methods=["POST"]),
         ]
     handlers: dict[Any, Any] = {
         ServeError: _serve_error,

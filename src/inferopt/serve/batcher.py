@@ -11,9 +11,12 @@ How a batch is formed, when a slot to run it is free:
   never exceeds `max_queue_delay_ms`, or what the earliest deadline in the batch allows.
 While every slot is busy, requests simply queue, and merge when a slot frees up.
 
-Admission: a request is refused at once (429) when the queue is full, or when the predicted
-wait (batches ahead x measured batch latency) already overruns its deadline. A request whose
-deadline passes while queued is dropped before it runs (504), as is one whose client left.
+Admission: a request is refused at once (429) when the queue is full; when, with
+`max_queue_wait_ms` set, more requests are pending than the adaptive limit that keeps their
+measured time in the server under it (see estimates.PendingLimit); or when the predicted
+wait (batches ahead x measured batch latency) already overruns its deadline. `refusal()` is
+public so the HTTP front door can refuse before it reads a body. A request whose deadline
+passes while queued is dropped before it runs (504), as is one whose client left.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from inferopt.serve import batch
 from inferopt.serve.batch import BatchAxes, Tensors
 from inferopt.serve.config import ModelConfig
 from inferopt.serve.errors import DeadlineExceeded, NotReady, Overloaded, ServeError
-from inferopt.serve.estimates import ArrivalGap, LatencyModel
+from inferopt.serve.estimates import ArrivalGap, LatencyModel, PendingLimit
 from inferopt.serve.metrics import VersionMetrics
 from inferopt.serve.runner import RunControl, Runner
 
@@ -74,7 +77,9 @@ class Batcher:
         self._metrics = metrics
         self._latency = LatencyModel(latency)
         self._arrivals = ArrivalGap()
+        self._limit = _pending_limit(config, self._max_rows)
         self._queue: list[Job] = []
+        self._queued_rows = 0  # sum of the rows in _queue, kept so admission is O(1)
         self._order = 0
         self._pending = 0  # requests admitted and not yet answered
         self._running = 0  # batches running
@@ -101,12 +106,14 @@ class Batcher:
     async def submit(self, inputs: Tensors, deadline: float | None, priority: int = 0) -> Tensors:
         """The model's outputs for `inputs` (validated), once its batch has run."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         self._arrivals.arrived(now)
         if self._closing:
             self._metrics.rejected("draining")
             raise Draining(f"model {self._metrics.model!r} is unloading")
-        self._admit(batch.rows(inputs, self._axes), deadline, now)
+        refused = self.refusal(batch.rows(inputs, self._axes), deadline, now)
+        if refused is not None:
+            raise refused
         rank = float(priority) if priority > 0 else math.inf
         jobs = [
             self._enqueue(part, rank, now, deadline, loop)
@@ -119,31 +126,49 @@ class Batcher:
         finally:
             self._pending -= 1
             self._metrics.pending(-1)
+            if self._limit is not None:
+                done = time.monotonic()
+                self._limit.answered(done - now, done)
             for job in jobs:
                 self._abandon(job)
 
-    def _admit(self, rows: int, deadline: float | None, now: float) -> None:
+    def refusal(self, rows: int, deadline: float | None, now: float) -> Overloaded | None:
+        """The 429 a request of `rows` rows gets if it arrives now (counted in the metrics),
+        or None when it would be admitted."""
+        reason, message = self._refusal_reason(rows, deadline, now)
+        if reason is None:
+            return None
+        self._metrics.rejected(reason)
         wait = self.predicted_wait(rows)
+        return Overloaded(f"model {self._metrics.model!r}: {message}", retry_after_s=wait)
+
+    def _refusal_reason(
+        self, rows: int, deadline: float | None, now: float
+    ) -> tuple[str | None, str]:
         if self._pending >= self._config.max_queue_size:
-            self._metrics.rejected("queue_full")
-            raise Overloaded(
-                f"model {self._metrics.model!r}: queue full ({self._pending} requests); "
-                f"retry in about {wait * 1e3:.0f} ms",
-                retry_after_s=wait,
+            wait = self.predicted_wait(rows)
+            return "queue_full", (
+                f"queue full ({self._pending} requests); retry in about {wait * 1e3:.0f} ms"
             )
-        if deadline is not None and now + wait > deadline:
-            self._metrics.rejected("deadline")
-            raise Overloaded(
-                f"model {self._metrics.model!r}: predicted wait {wait * 1e3:.1f} ms exceeds "
-                f"the request's deadline ({(deadline - now) * 1e3:.1f} ms left)",
-                retry_after_s=wait,
+        if self._limit is not None and self._pending >= self._limit.limit:
+            return "queue_wait", (
+                f"{self._pending} requests pending, the most that are answered within "
+                f"max_queue_wait_ms ({self._config.max_queue_wait_ms:g}) at the moment"
             )
+        if deadline is not None:
+            wait = self.predicted_wait(rows)
+            if now + wait > deadline:
+                return "deadline", (
+                    f"predicted wait {wait * 1e3:.1f} ms exceeds the request's deadline "
+                    f"({(deadline - now) * 1e3:.1f} ms left)"
+                )
+        return None, ""
 
     def predicted_wait(self, rows: int) -> float:
         """Seconds until a request of `rows` rows would be answered, were it queued now:
         the batches ahead of it (a running one counts half) and its own."""
         per_batch = max(self._max_rows, 1)
-        queued = sum(job.rows for job in self._queue) + rows
+        queued = self._queued_rows + rows
         batches = math.ceil(queued / per_batch) + 0.5 * self._running
         latency = self._latency.estimate(min(queued, per_batch))
         return batches * latency / self._config.instances
@@ -167,12 +192,12 @@ class Batcher:
             future=loop.create_future(),
         )
         bisect.insort(self._queue, job, key=lambda j: j.rank)
+        self._queued_rows += job.rows
         self._wake.set()
         return job
 
     async def _gather(self, jobs: list[Job], deadline: float | None) -> Tensors:
-        loop = asyncio.get_running_loop()
-        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         futures = [job.future for job in jobs]
         _, late = await asyncio.wait(futures, timeout=timeout)
         if late:
@@ -195,7 +220,7 @@ class Batcher:
             return
         job.future.cancel()
         if job in self._queue:
-            self._queue.remove(job)
+            self._dequeue(job)
         elif job.control is not None and all(j.future.done() for j in job.batch):
             job.control.terminate()
         self._wake.set()
@@ -220,16 +245,19 @@ class Batcher:
             raise
 
     async def _collect(self) -> list[Job]:
-        loop = asyncio.get_running_loop()
         while self._queue:
             jobs = self._compatible(self._queue[0])
-            hold = self._hold(jobs, loop.time())
+            hold = self._hold(jobs, time.monotonic())
             if hold > 0 and await self._woken_within(hold):
                 continue  # an arrival or a cancellation: look again
             for job in jobs:
-                self._queue.remove(job)
+                self._dequeue(job)
             return jobs
         return []
+
+    def _dequeue(self, job: Job) -> None:
+        self._queue.remove(job)
+        self._queued_rows -= job.rows
 
     async def _woken_within(self, seconds: float) -> bool:
         self._wake.clear()
@@ -273,9 +301,8 @@ class Batcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, jobs: list[Job]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            now = loop.time()
+            now = time.monotonic()
             live = [job for job in jobs if self._still_wanted(job, now)]
             if not live:
                 return
@@ -348,6 +375,14 @@ class Batcher:
             await self._task
         finally:
             self._pool.shutdown(wait=False)
+
+
+def _pending_limit(config: ModelConfig, max_rows: int) -> PendingLimit | None:
+    """With max_queue_wait_ms: a limit starting at two full batches per instance."""
+    if config.max_queue_wait_ms is None:
+        return None
+    start = 2 * max(max_rows, 1) * config.instances
+    return PendingLimit(config.max_queue_wait_ms / 1e3, config.max_queue_size, start)
 
 
 def _fail(jobs: list[Job], exc: BaseException) -> None:

@@ -43,6 +43,14 @@ class ModelConfig:
         default=256,
         metadata=_help("requests waiting or running per model version; more get 429"),
     )
+    max_queue_wait_ms: float | None = field(
+        default=None,
+        metadata=_help(
+            "target time in the server (queued and running): requests beyond an adaptive "
+            "limit on those pending, which keeps measured answers under it, get 429; keeps "
+            "the queue short under overload. None: bounded by max_queue_size only"
+        ),
+    )
     default_timeout_ms: float | None = field(
         default=None,
         metadata=_help("deadline of requests that give no `timeout` parameter; none by default"),
@@ -71,8 +79,10 @@ class ModelConfig:
         _at_least(self.instances, 1, "instances")
         _at_least(self.intra_op_threads, 0, "intra_op_threads")
         _at_least(self.warmup_seq_len, 1, "warmup_seq_len")
-        if self.default_timeout_ms is not None and not self.default_timeout_ms > 0:
-            raise ValueError(f"default_timeout_ms must be > 0, got {self.default_timeout_ms}")
+        for name in ("max_queue_wait_ms", "default_timeout_ms"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if self.sequence_batching not in get_args(SequenceBatching):
             raise ValueError(
                 f"sequence_batching must be one of {get_args(SequenceBatching)}, "

@@ -26,7 +26,7 @@ OUTCOMES = (
     "cancelled",
     "model_error",
 )
-REJECTIONS = ("queue_full", "deadline", "draining")
+REJECTIONS = ("queue_full", "deadline", "queue_wait", "draining")
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -139,33 +139,43 @@ class VersionMetrics:
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        self._m = metrics
-        self._labels = (model, version)
         self.stats = Statistics()
         self._lock = threading.Lock()  # executions are recorded from worker threads
+        # The labelled series, looked up once: `labels()` costs a lock and a dictionary
+        # lookup per call, and these are updated several times per request.
+        m, labels = metrics, (model, version)
+        self._outcomes = {o: m.requests.labels(*labels, o) for o in OUTCOMES}
+        self._rejections = {r: m.rejections.labels(*labels, r) for r in REJECTIONS}
+        self._request_seconds = m.request_seconds.labels(*labels)
+        self._pending = m.pending.labels(*labels)
+        self._queue_seconds = m.queue_seconds.labels(*labels)
+        self._inferences = m.inferences.labels(*labels)
+        self._executions = m.executions.labels(*labels)
+        self._compute_seconds = m.compute_seconds.labels(*labels)
+        self._batch_size = m.batch_size.labels(*labels)
 
     def finished(self, outcome: str, seconds: float) -> None:
-        self._m.requests.labels(*self._labels, outcome).inc()
-        self._m.request_seconds.labels(*self._labels).observe(seconds)
+        self._outcomes[outcome].inc()
+        self._request_seconds.observe(seconds)
         with self._lock:
             (self.stats.success if outcome == "success" else self.stats.fail).add(seconds)
 
     def rejected(self, reason: str) -> None:
-        self._m.rejections.labels(*self._labels, reason).inc()
+        self._rejections[reason].inc()
 
     def pending(self, delta: int) -> None:
-        self._m.pending.labels(*self._labels).inc(delta)
+        self._pending.inc(delta)
 
     def queued(self, seconds: float) -> None:
-        self._m.queue_seconds.labels(*self._labels).observe(seconds)
+        self._queue_seconds.observe(seconds)
         with self._lock:
             self.stats.queue.add(seconds)
 
     def executed(self, rows: int, merge_s: float, run_s: float, split_s: float) -> None:
-        self._m.inferences.labels(*self._labels).inc(rows)
-        self._m.executions.labels(*self._labels).inc()
-        self._m.compute_seconds.labels(*self._labels).observe(run_s)
-        self._m.batch_size.labels(*self._labels).observe(rows)
+        self._inferences.inc(rows)
+        self._executions.inc()
+        self._compute_seconds.observe(run_s)
+        self._batch_size.observe(rows)
         with self._lock:
             s = self.stats
             s.inference_count += rows

@@ -69,7 +69,7 @@ class ModelVersion:
     async def infer(self, request: InferRequest) -> InferResponse:
         protocol.validate(request, self.io)
         wanted = protocol.selected_outputs(request, self.io)
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         deadline = protocol.deadline_after(request.timeout_us, self.config.default_timeout_ms, now)
         results = await self.batcher.submit(request.inputs, deadline, request.priority)
         return InferResponse(
@@ -122,11 +122,20 @@ class State:
     reason: str = ""
 
 
+WrapRunner = Callable[[str, Runner], Runner]  # (model name, loaded runner) -> runner to serve
+
+
 class Repository:
     def __init__(
-        self, layout: Layout, base: ModelConfig, config_file: ConfigFile, metrics: Metrics
+        self,
+        layout: Layout,
+        base: ModelConfig,
+        config_file: ConfigFile,
+        metrics: Metrics,
+        wrap_runner: WrapRunner | None = None,
     ) -> None:
         self.layout = layout
+        self._wrap_runner = wrap_runner
         self._base = base
         self._config_file = config_file
         self._metrics = metrics
@@ -156,6 +165,10 @@ class Repository:
                 f"model {name!r} has no version {version} loaded; it serves {served.version}"
             )
         return served
+
+    def serving(self, name: str) -> ModelVersion | None:
+        """The version of `name` taking traffic, or None (unknown, loading, failed)."""
+        return self._served.get(name)
 
     def served(self) -> list[ModelVersion]:
         return [self._served[name] for name in sorted(self._served)]
@@ -251,7 +264,7 @@ class Repository:
 
     async def _build(self, source: ModelSource) -> ModelVersion:
         config = self._config_for(source)
-        runner, latency = await asyncio.to_thread(_load_and_warm, source, config)
+        runner, latency = await asyncio.to_thread(_load_and_warm, source, config, self._wrap_runner)
         metrics = self._metrics.for_version(source.name, source.version)
         batcher = Batcher(runner, config, metrics, latency)
         return ModelVersion(source.name, source.version, runner, config, batcher, metrics)
@@ -284,11 +297,16 @@ class Repository:
         await asyncio.gather(*closing, *self._draining)
 
 
-def _load_and_warm(source: ModelSource, config: ModelConfig) -> tuple[OnnxRunner, dict[int, float]]:
-    """In a worker thread: the session, then warm-up runs at every batch size."""
+def _load_and_warm(
+    source: ModelSource, config: ModelConfig, wrap: WrapRunner | None
+) -> tuple[Runner, dict[int, float]]:
+    """In a worker thread: the session (wrapped, if asked), then warm-up runs at every batch
+    size, so the latency estimates include whatever the wrapper adds."""
     label = f"{source.name} version {source.version}"
     model = load_onnx(source.path, verify=False)  # the session below checks it
-    runner = OnnxRunner(model, config.threads(), label)
+    runner: Runner = OnnxRunner(model, config.threads(), label)
+    if wrap is not None:
+        runner = wrap(source.name, runner)
     axes = BatchAxes.of(model.io, config.sequence_batching)
     sizes = warmup_sizes(config.max_batch_size if axes.batch is not None else 0)
     try:

@@ -27,14 +27,15 @@ import grpc
 import uvicorn
 
 from inferopt.errors import InferoptError
-from inferopt.serve import grpc_service
+from inferopt.serve import eventloop, grpc_service
 from inferopt.serve.app import create_app
 from inferopt.serve.config import ConfigFile, ModelConfig, ServerConfig
 from inferopt.serve.context import Context
 from inferopt.serve.errors import ConfigError
+from inferopt.serve.gate import AdmissionGate
 from inferopt.serve.layout import Layout
 from inferopt.serve.metrics import Metrics
-from inferopt.serve.repository import Repository
+from inferopt.serve.repository import Repository, WrapRunner
 
 log = logging.getLogger("inferopt.serve")
 _START_TIMEOUT_S = 30.0
@@ -54,7 +55,11 @@ class Server:
         config: ServerConfig | None = None,
         model_config: ModelConfig | None = None,
         config_file: str | Path | None = None,
+        wrap_runner: WrapRunner | None = None,
     ) -> None:
+        """`wrap_runner(model_name, runner)`, if given, returns the runner each loaded model
+        version is served by (before its warm-up): the hook for test doubles, e.g. a runner
+        with a known latency (see docs/serve.md, "Python API")."""
         root = Path(repository)
         if not root.is_dir():
             raise ConfigError(f"{root}: the model repository must be a folder")
@@ -62,7 +67,7 @@ class Server:
         file = ConfigFile.read(Path(config_file)) if config_file else ConfigFile()
         self.metrics = Metrics()
         base = model_config or ModelConfig()
-        self.repository = Repository(Layout(root), base, file, self.metrics)
+        self.repository = Repository(Layout(root), base, file, self.metrics, wrap_runner)
         self.context = Context(self.repository, self.metrics, self.config)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
@@ -90,14 +95,16 @@ class Server:
     async def _start_http(self) -> None:
         sock = _bind(self.config.host, self.config.http_port)
         self.http_port = sock.getsockname()[1]
+        app = AdmissionGate(create_app(self.context), self.repository)
         config = uvicorn.Config(
-            create_app(self.context),
+            app,
             log_config=None,
             log_level="warning",
             access_log=self.config.access_log,
             lifespan="off",
-            http="auto",  # httptools when installed (uvicorn[standard]), else h11
+            http=_http_protocol(self.repository),
             ws="none",
+            proxy_headers=False,  # no proxy in front by default: skip the middleware
             timeout_graceful_shutdown=math.ceil(self.config.drain_timeout_s),
         )
         self._http = _HttpServer(config)
@@ -199,7 +206,7 @@ class Server:
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and return. A second signal exits now."""
-        asyncio.run(self._run_until_signal())
+        eventloop.run(self._run_until_signal())
 
     async def _run_until_signal(self) -> None:
         loop = asyncio.get_running_loop()
@@ -218,6 +225,16 @@ class Server:
             os._exit(1)
         log.info("%s received", signal.Signals(sig).name)
         self.request_stop()
+
+
+def _http_protocol(repository: Repository) -> type[asyncio.Protocol] | str:
+    """httptools with the admission gate in the protocol (see gate.py); h11 when httptools
+    is not installed (the ASGI gate then refuses, at a higher cost per refusal)."""
+    try:
+        from inferopt.serve.gate_protocol import gated_protocol
+    except ImportError:
+        return "h11"
+    return gated_protocol(repository)
 
 
 def _address(host: str, port: int | None) -> str:
@@ -248,8 +265,9 @@ class BackgroundServer:
         config: ServerConfig | None = None,
         model_config: ModelConfig | None = None,
         config_file: str | Path | None = None,
+        wrap_runner: WrapRunner | None = None,
     ) -> None:
-        self._arguments = (repository, config, model_config, config_file)
+        self._arguments = (repository, config, model_config, config_file, wrap_runner)
         self.server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._main, name="inferopt-serve", daemon=True)
@@ -295,7 +313,7 @@ class BackgroundServer:
 
     def _main(self) -> None:
         try:
-            asyncio.run(self._serve())
+            eventloop.run(self._serve())
         except BaseException as exc:  # reported to the thread that waits in __enter__
             self._error = exc
             self._started.set()

@@ -8,6 +8,7 @@ code with no validation); numpy does the heavy lifting.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Any
@@ -38,8 +39,11 @@ MAX_RANK = 16
 _LENGTH = struct.Struct("<I")  # BYTES elements: a 4-byte little-endian length, then the bytes
 
 
+@functools.lru_cache(maxsize=64)
 def datatype_of(dtype: np.dtype[Any] | str) -> str:
-    """The protocol datatype of a numpy dtype (or dtype name, as in an IOSpec)."""
+    """The protocol datatype of a numpy dtype (or dtype name, as in an IOSpec). Cached:
+    numpy's dtype naming costs microseconds, and every input and output is named per
+    request."""
     name = np.dtype(dtype).name
     if name not in _BY_NUMPY:
         raise BadRequest(f"numpy dtype {name} has no Open Inference Protocol datatype")

@@ -39,11 +39,28 @@ def _digest(sentence: str) -> str:
     return hashlib.sha256(sentence.encode()).hexdigest()
 
 
+def _held_out(sentence: str) -> bool:
+    return int(_digest(sentence)[:8], 16) % 100 < EVAL_FRACTION_PER_100
+
+
 def split() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(train, eval): disjoint, deterministic, about 80/20."""
     train: list[str] = []
     held_out: list[str] = []
     for s in sentences():
-        side = held_out if int(_digest(s)[:8], 16) % 100 < EVAL_FRACTION_PER_100 else train
+        side = held_out if _held_out(s) else train
         side.append(s)
     return tuple(train), tuple(held_out)
+
+
+@lru_cache(maxsize=1)
+def training_text() -> tuple[str, ...]:
+    """More text to train on (distillation) than the prose sentences: every sentence of
+    the documentation from 10 to 400 characters, code-like ones included, on the training
+    side of the same hash split, so none of them is ever an evaluation sentence."""
+    found: set[str] = set()
+    for key in sorted(topics):
+        for paragraph in re.split(r"\n\s*\n", topics[key]):
+            text = " ".join(paragraph.split())
+            found.update(s for s in _SENTENCE_END.split(text) if 10 <= len(s) <= MAX_CHARS)
+    return tuple(s for s in sorted(found, key=_digest) if not _held_out(s))

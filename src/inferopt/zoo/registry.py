@@ -38,3 +38,6 @@ class ZooEntry:
     build: Callable[[], TorchSource]
     data: Callable[[], ZooData]
     version: str = "1"  # bump when the build changes, so cached exports are redone
+    # More examples for fine-tuning and distillation than calibration has (never any of the
+    # evaluation set); None: train on the calibration split.
+    training: Callable[[], Dataset] | None = None

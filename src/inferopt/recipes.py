@@ -1,5 +1,6 @@
 """`inferopt optimize --recipe`: apply an explicit, ordered recipe to a model and state what it
-cost and saved, measured here. One straight line of named stages."""
+cost and saved, measured here. One straight line of named stages. The search
+(`inferopt.search`) builds its candidates with the same functions."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from inferopt.sources import load
 
 EVAL_EVERY = 5  # from a user's data file, every 5th sample is held out for evaluation
 GENERATED_SAMPLES = 32
+GENERATED_ORIGIN = "generated inputs (pass --data for real ones)"
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,47 @@ def resolve_data(model: Model, data_path: str | Path | None) -> Data:
         None,
         model.io.seq_axis,
     )
-    return Data(generated, generated, "agreement", "generated inputs (pass --data for real ones)")
+    return Data(generated, generated, "agreement", GENERATED_ORIGIN)
 
 
 def apply(recipe: Recipe, model: Model, context: PassContext) -> Model:
     for step in recipe.passes:
         model = step(model, context)
+    return model
+
+
+def build_candidate(
+    source: Any,
+    recipe: Recipe | str,
+    data: Data,
+    *,
+    baseline: Model | None = None,
+    example_inputs: Any = None,
+    notes: list[str] | None = None,
+) -> Model:
+    """The recipe's model: its PyTorch steps (pruning, sparsity, distillation; trained on the
+    data's calibration side, cached) applied to the source and exported with the parity
+    check, then its ONNX passes. `baseline` is `load(source)`, given to avoid loading twice."""
+    recipe = Recipe.parse(recipe) if isinstance(recipe, str) else recipe
+    baseline = baseline or load(source, example_inputs)
+    start = baseline
+    if recipe.torch_steps:
+        if data.origin == GENERATED_ORIGIN:
+            raise InputError(
+                f"{recipe.torch_steps[0].name!r} trains the model and needs real examples: "
+                "pass --data FILE.npz"
+            )
+        from inferopt.compress.pipeline import compress, training_examples
+
+        own = data.origin == f"zoo {baseline.provenance.source}"
+        examples = training_examples(source, data.calibration, own)
+        start = compress(
+            source, recipe.torch_steps, examples, baseline, example_inputs=example_inputs
+        )
+    context = PassContext.for_model(start, data.calibration)
+    model = apply(recipe, start, context)
+    if notes is not None:
+        notes.extend(context.notes)
     return model
 
 
@@ -110,22 +147,26 @@ def optimize_recipe(
     out: str | Path | None = None,
     *,
     data: str | Path | None = None,
+    example_inputs: Any = None,
 ) -> RecipeResult:
-    """Load, apply the recipe, evaluate against the input model, write the artifact."""
+    """Load, apply the recipe, evaluate against the input model (the source as exported,
+    untouched by the recipe's PyTorch steps), write the artifact."""
     recipe = Recipe.parse(recipe) if isinstance(recipe, str) else recipe
     if out is not None:
         artifact.check_destination(Path(out))
-    baseline = load(source)
+    baseline = load(source, example_inputs)
     chosen = resolve_data(baseline, data)
-    context = PassContext.for_model(baseline, chosen.calibration)
-    optimized = apply(recipe, baseline, context)
+    notes: list[str] = []
+    optimized = build_candidate(
+        source, recipe, chosen, baseline=baseline, example_inputs=example_inputs, notes=notes
+    )
     reference = outputs(baseline, chosen.evaluation)
     evaluation = evaluate(optimized, baseline, reference, chosen.evaluation, chosen.metric)
-    result = RecipeResult(optimized, baseline, evaluation, chosen.origin, context.notes)
+    result = RecipeResult(optimized, baseline, evaluation, chosen.origin, notes)
     if out is None:
         return result
     label = str(source) if isinstance(source, str | Path) else type(source).__name__
     artifact.write(
         Path(out), optimized, manifest(result, recipe, label), report_text(result, recipe, label)
     )
-    return RecipeResult(optimized, baseline, evaluation, chosen.origin, context.notes, Path(out))
+    return RecipeResult(optimized, baseline, evaluation, chosen.origin, notes, Path(out))

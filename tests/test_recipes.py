@@ -9,8 +9,8 @@ import pytest
 from inferopt.artifact import ArtifactError
 from inferopt.cli import main
 from inferopt.errors import InputError
-from inferopt.optimize import optimize_recipe
 from inferopt.passes.recipe import RecipeError
+from inferopt.recipes import optimize_recipe
 from inferopt.sources import load
 
 

@@ -1,0 +1,341 @@
+"""`inferopt optimize` without a recipe: search the recipes that apply to this model on this
+machine and return the best on the objective (batch-1 latency by default) among those whose
+fidelity drop is within the user's budget, with every candidate's figures and the Pareto set.
+
+One straight line of named stages:
+  baseline -> space -> screen (every candidate: fidelity, short latency probe)
+  -> fallbacks (int8 recipes that missed the budget, with sensitive nodes kept in float)
+  -> confirm (the shortlist: full interleaved comparison) -> choose -> threads -> write."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferopt import artifact, zoo
+from inferopt.errors import InputError
+from inferopt.model import Model
+from inferopt.passes.base import PassContext
+from inferopt.recipes import resolve_data
+from inferopt.search import space, training, write
+from inferopt.search.evaluate import MIN_ROUND_S, outputs
+from inferopt.search.metric import Metric
+from inferopt.search.screen import FULL_FEEDS, FULL_ROUNDS, Bench, confirm, memory_bytes, screen
+from inferopt.search.select import OBJECTIVES, Budget, Choice, Objective, Scored, choose
+from inferopt.search.store import Outcome, Store
+from inferopt.search.threads import ThreadChoice, tune_threads
+from inferopt.sources import load
+
+DEFAULT_BUDGET = Budget(0.005, relative=True)
+MIN_RESERVE_S = 10.0  # writing the artifact, at least
+PROXY_FACTOR, PROXY_MARGIN = 3.0, 0.05  # see proxy_limit
+FALLBACK_ROOTS = 2  # int8 recipes that missed the budget whose fallback depths are tried
+GIVE_UP_AFTER = 3  # candidates of a family screened out in a row: the rest are not tried
+TRAINING_PRIOR_S = 120.0  # a first training candidate's estimate, before any has run
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    max_drop: Budget = DEFAULT_BUDGET
+    objective: Objective = "latency"
+    time_budget_s: float = 600.0
+    metric: str | None = None  # a built-in metric name or module:function; None: the data's
+    shortlist: int = 3  # candidates given the full interleaved comparison
+    fresh: bool = False  # measure again candidates that an earlier run finished
+    training: bool = True  # try pruning and distillation when the source can be trained
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if not self.time_budget_s > 0:
+            raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
+        if self.shortlist < 1:
+            raise ValueError("shortlist must be at least 1")
+
+
+@dataclass(frozen=True)
+class BaselineFigures:
+    size_bytes: int
+    score: float  # the metric's value for the baseline (what relative budgets are taken of)
+    memory_bytes: int | None
+    seconds: float  # to load it and compute its reference outputs
+
+
+@dataclass
+class SearchResult:
+    source: str
+    config: SearchConfig
+    baseline: BaselineFigures
+    metric: str
+    data_origin: str
+    outcomes: list[Outcome]
+    choice: Choice
+    chosen: Outcome | None = None
+    threads: ThreadChoice | None = None
+    skipped: list[str] = field(default_factory=list)  # left out for lack of time
+    wall_s: float = 0.0
+    out: Path | None = None
+
+    def scored(self) -> list[Scored]:
+        return scored(self.outcomes, self.config.objective, self.baseline)
+
+
+class Clock:
+    """The time budget. Part of it is held back for confirming the shortlist and choosing
+    threads, estimated from what one run of the baseline costs."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.start = time.perf_counter()
+        self.budget_s = budget_s
+        self.reserve_s = MIN_RESERVE_S
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def can_afford(self, estimate_s: float) -> bool:
+        return estimate_s + self.reserve_s <= self.left()
+
+
+Progress = Callable[[str], None]
+
+
+def optimize(
+    source: Any = zoo.DEFAULT,
+    out: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    config: SearchConfig = SearchConfig(),
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Search, choose, and (with `out`) write the artifact folder. The result says whether a
+    candidate met the budget (`result.chosen`); when none did, `out` holds the closest ones."""
+    tell = progress or (lambda _: None)
+    clock = Clock(config.time_budget_s)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        artifact.check_destination(out_path)
+    bench, figures = prepare(source, data, config, clock)
+    store = Store.for_search(
+        bench.baseline, (bench.data.calibration, bench.data.evaluation), bench.metric.name
+    )
+    label = source if isinstance(source, str) else type(source).__name__
+    result = SearchResult(
+        str(label), config, figures, bench.metric.name, bench.data.origin, [], Choice(None, (), ())
+    )
+    best_so_far = write.BestSoFar(out_path, result)
+    facts = space.Facts.of(bench.baseline, has_data=True, trainable=_trainable(source, config))
+    queue = space.candidates(facts, training.prefixes(bench.baseline) if facts.trainable else ())
+    for family in dict.fromkeys(c.family for c in queue):  # in order, cheap families first
+        batch = [c for c in queue if c.family == family]
+        run_candidates(batch, bench, store, clock, result, best_so_far, tell)
+        for depths in fallback_queue(result, family):  # per root, shallowest first
+            for deeper in depths:
+                run_candidates([deeper], bench, store, clock, result, best_so_far, tell)
+                if _within_budget(result, result.outcomes[-1]):
+                    break  # a deeper fallback would only be slower
+    confirm_shortlist(bench, store, result, clock, tell)
+    result.choice = final_choice(result)
+    result.chosen = _outcome(result, result.choice.best)
+    if result.chosen is not None:
+        tell(f"choosing thread settings for {result.chosen.text}")
+        result.threads = tune_threads(bench, _model(store, result.chosen))
+    result.wall_s = clock.elapsed()
+    if out_path is not None:
+        result.out = write.final(out_path, result, store)
+    return result
+
+
+def prepare(
+    source: Any, data: str | Path | None, config: SearchConfig, clock: Clock
+) -> tuple[Bench, BaselineFigures]:
+    """Load and measure the baseline; refuse a time budget it alone exhausts."""
+    baseline = load(source)
+    chosen = resolve_data(baseline, data)
+    metric = Metric.resolve(config.metric, chosen.evaluation, baseline, chosen.metric)
+    started = time.perf_counter()
+    reference = outputs(baseline, chosen.evaluation)
+    per_sample_s = (time.perf_counter() - started) / len(chosen.evaluation)
+    context = PassContext.for_model(baseline, chosen.calibration)
+    score = metric.baseline_score(reference, chosen.evaluation)
+    limit = proxy_limit(config.max_drop, score)
+    bench = Bench(
+        source, baseline, chosen, metric, reference, context, config.objective, per_sample_s, limit
+    )
+    memory = memory_bytes(baseline, bench) if config.objective == "memory" else None
+    figures = BaselineFigures(baseline.size_bytes, score, memory, round(clock.elapsed(), 2))
+    clock.reserve_s = MIN_RESERVE_S + (config.shortlist + 1) * confirm_cost(per_sample_s)
+    if clock.elapsed() >= config.time_budget_s:
+        raise InputError(
+            f"--time-budget {config.time_budget_s:g} s is too small: loading and measuring the "
+            f"baseline alone took {clock.elapsed():.0f} s"
+        )
+    return bench, figures
+
+
+def proxy_limit(budget: Budget, baseline_score: float) -> float:
+    """The drop on the proxy sample past which a candidate is not worth measuring further:
+    well beyond the budget, so sampling noise cannot reject one that would have passed."""
+    absolute = budget.value * baseline_score if budget.relative else budget.value
+    return max(PROXY_FACTOR * absolute, absolute + PROXY_MARGIN)
+
+
+def run_candidates(
+    queue: Iterable[space.Candidate],
+    bench: Bench,
+    store: Store,
+    clock: Clock,
+    result: SearchResult,
+    best_so_far: write.BestSoFar,
+    tell: Progress,
+) -> None:
+    pending = list(queue)
+    rejected_in_a_row = 0
+    for index, candidate in enumerate(pending, 1):
+        if rejected_in_a_row >= GIVE_UP_AFTER:
+            result.skipped.append(f"{candidate.text} (its family is far over budget)")
+            continue
+        stored = None if result.config.fresh else store.get(candidate.recipe.to_json())
+        if stored is None and not clock.can_afford(_estimate(result.outcomes, candidate)):
+            result.skipped.append(f"{candidate.text} (time)")
+            continue
+        tell(f"candidate {index} of {len(pending)}: {candidate.text} · {best_so_far.summary()}")
+        if stored is not None:
+            outcome, model = stored
+            # Today's spelling of the recipe; confirmations belong to the run that made them.
+            outcome = dataclasses.replace(
+                outcome, text=candidate.text, full=None, memory_bytes=None
+            )
+        else:
+            outcome, model = screen(candidate, bench)
+            store.put(outcome, model)
+        result.outcomes.append(outcome)
+        rejected_in_a_row = rejected_in_a_row + 1 if outcome.rejected else 0
+        if model is not None:
+            best_so_far.offer(outcome, model)
+
+
+def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candidate]]:
+    """Deeper float fallback for the int8 recipes of `family` that missed the budget by the
+    least (screened out or not): tried right after their family, before costlier ones."""
+    if not family.startswith("int8"):
+        return []
+    missed = [
+        (s.drop, o)
+        for o, s in zip(result.outcomes, result.scored(), strict=True)
+        if o.family == family
+        and o.fidelity is not None
+        and not result.config.max_drop.allows(s.drop, result.baseline.score)
+    ]
+    missed.sort(key=lambda pair: pair[0])
+    return [
+        space.fallbacks(space.Candidate(_recipe(o), o.family)) for _, o in missed[:FALLBACK_ROOTS]
+    ]
+
+
+def _within_budget(result: SearchResult, outcome: Outcome) -> bool:
+    fid = outcome.fidelity
+    return fid is not None and result.config.max_drop.allows(fid.drop, result.baseline.score)
+
+
+def confirm_shortlist(
+    bench: Bench, store: Store, result: SearchResult, clock: Clock, tell: Progress
+) -> None:
+    """The full interleaved comparison for the best few within budget (by the probe); the
+    first always, the others while the time budget lasts."""
+    shortlist = choose(result.scored(), result.config.max_drop, result.baseline.score).feasible
+    shortlist = shortlist[: result.config.shortlist]
+    cost = confirm_cost(bench.per_sample_s)
+    for rank, scored_one in enumerate(shortlist, 1):
+        if rank > 1 and clock.left() < cost + MIN_RESERVE_S + cost:  # keep one for threads
+            result.skipped.append(f"confirming {scored_one.name}")
+            continue
+        index = _index(result, scored_one)
+        outcome = result.outcomes[index]
+        tell(f"confirming {rank} of {len(shortlist)}: {outcome.text}")
+        confirmed = confirm(outcome, _model(store, outcome), bench)
+        result.outcomes[index] = dataclasses.replace(confirmed, cached=outcome.cached)
+
+
+def confirm_cost(per_sample_s: float) -> float:
+    """Seconds for one full interleaved comparison: both models, every round, every feed,
+    with a margin for warm-up and for rounds stretched to their minimum length."""
+    return 1.5 * 2 * FULL_ROUNDS * max(FULL_FEEDS * per_sample_s, MIN_ROUND_S)
+
+
+def final_choice(result: SearchResult) -> Choice:
+    """Only confirmed candidates can win: the probe ranks, the full comparison decides."""
+    rows = result.scored()
+    confirmed = [s for s, o in zip(rows, result.outcomes, strict=True) if o.full is not None]
+    choice = choose(confirmed, result.config.max_drop, result.baseline.score)
+    if choice.best is not None:
+        return choice
+    return choose(rows, result.config.max_drop, result.baseline.score)
+
+
+def scored(outcomes: list[Outcome], objective: Objective, base: BaselineFigures) -> list[Scored]:
+    """Every candidate as the selection rule sees it, aligned with `outcomes`. Failed ones
+    count as infinitely bad; screened-out ones carry the drop on the proxy sample."""
+    rows = []
+    for o in outcomes:
+        if o.fidelity is None:  # failed: never within budget, last among the closest
+            rows.append(Scored(o.text, float("inf"), 0.0, 1.0))
+            continue
+        rows.append(Scored(o.text, o.fidelity.drop, gain(o, objective, base), _size_ratio(o, base)))
+    return rows
+
+
+def gain(outcome: Outcome, objective: Objective, base: BaselineFigures) -> float:
+    """The objective as a ratio to the baseline, higher is better."""
+    if outcome.latency is None:
+        return 0.0
+    if objective in ("latency", "throughput"):
+        return outcome.latency.speedup
+    if objective == "memory" and outcome.memory_bytes and base.memory_bytes:
+        return base.memory_bytes / outcome.memory_bytes
+    return base.size_bytes / max(outcome.size_bytes, 1)  # size, and memory's proxy
+
+
+def _size_ratio(outcome: Outcome, base: BaselineFigures) -> float:
+    return outcome.size_bytes / base.size_bytes
+
+
+def _estimate(outcomes: list[Outcome], candidate: space.Candidate) -> float:
+    """Seconds a candidate is likely to take: the mean of its family's so far, else of all."""
+    built = [o for o in outcomes if not o.cached]
+    same = [o.seconds for o in built if o.family == candidate.family]
+    if not same and candidate.recipe.torch_steps:
+        return TRAINING_PRIOR_S  # training is cached after the first, but costs minutes
+    pool = same or [o.seconds for o in built]
+    return sum(pool) / len(pool) if pool else 0.0
+
+
+def _index(result: SearchResult, wanted: Scored) -> int:
+    return next(i for i, o in enumerate(result.outcomes) if o.text == wanted.name)
+
+
+def _outcome(result: SearchResult, wanted: Scored | None) -> Outcome | None:
+    return None if wanted is None else result.outcomes[_index(result, wanted)]
+
+
+def _model(store: Store, outcome: Outcome) -> Model:
+    stored = store.get(outcome.recipe)
+    if stored is None or stored[1] is None:
+        raise InputError(f"candidate {outcome.text}: its model is missing from the cache")
+    return stored[1]
+
+
+def _recipe(outcome: Outcome) -> Any:
+    from inferopt.passes.recipe import Recipe
+
+    return Recipe.from_json(outcome.recipe)
+
+
+def _trainable(source: Any, config: SearchConfig) -> bool:
+    return config.training and training.available(source)

@@ -1,0 +1,174 @@
+"""What a search shows: report.json (every candidate with its figures, the choice, the Pareto
+sets), report.html (the same as tables plus the two Pareto plots: fidelity against speed and
+against size) and a short report.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.figure import Figure
+
+from inferopt.report.html import figure_png
+from inferopt.search.select import Scored, pareto
+
+if TYPE_CHECKING:
+    from inferopt.search.auto import SearchResult
+
+GAIN_LABEL = {
+    "latency": "speed-up at batch 1 (x)",
+    "throughput": "throughput ratio (x)",
+    "size": "size reduction (x)",
+    "memory": "memory reduction (x)",
+}
+
+
+def record(result: SearchResult) -> dict[str, Any]:
+    rows = result.scored()
+    timed = timed_rows(result)
+    speed_front = {s.name for s in pareto(timed)}
+    size_front = {s.name for s in pareto(timed, lambda s: 1 / s.size_ratio)}
+    budget = result.config.max_drop
+    candidates = []
+    for outcome, row in zip(result.outcomes, rows, strict=True):
+        measured = outcome.fidelity is not None
+        candidates.append(
+            {
+                **outcome.to_json(),
+                "cached": outcome.cached,
+                "drop": row.drop if measured else None,
+                "gain": row.gain if measured else None,
+                "within_budget": measured and budget.allows(row.drop, result.baseline.score),
+                "pareto_speed": row.name in speed_front,
+                "pareto_size": row.name in size_front,
+            }
+        )
+    chosen = result.chosen
+    return {
+        "source": result.source,
+        "metric": result.metric,
+        "data": result.data_origin,
+        "objective": result.config.objective,
+        "max_drop": {"value": budget.value, "relative": budget.relative},
+        "time_budget_s": result.config.time_budget_s,
+        "wall_s": round(result.wall_s, 1),
+        "baseline": vars(result.baseline),
+        "chosen": chosen.text if chosen else None,
+        "closest": [s.name for s in result.choice.closest],
+        "threads": dataclasses.asdict(result.threads) if result.threads else None,
+        "skipped_for_time": result.skipped,
+        "candidates": candidates,
+    }
+
+
+def timed_rows(result: SearchResult) -> list[Scored]:
+    """Candidates measured for both fidelity and speed: the ones the frontier is drawn from."""
+    rows = zip(result.scored(), result.outcomes, strict=True)
+    return [s for s, o in rows if o.fidelity is not None and o.latency is not None]
+
+
+def markdown(result: SearchResult) -> str:
+    chosen = result.chosen
+    lines = [f"# inferopt optimize {result.source}", ""]
+    if chosen is None:
+        lines.append(
+            f"No candidate is within the budget (max drop {result.config.max_drop.text()} "
+            f"in {result.metric}); the closest are in closest/."
+        )
+    else:
+        lines.append(f"Chosen: `{chosen.text}`.")
+    lines += ["", "| recipe | drop | gain | size | seconds |", "|---|---|---|---|---|"]
+    for row, outcome in zip(result.scored(), result.outcomes, strict=True):
+        if outcome.failed:
+            lines.append(f"| {outcome.text} | failed: {outcome.failed} | | | |")
+            continue
+        lines.append(
+            f"| {row.name} | {row.drop:.4f} | {row.gain:.2f}x | {row.size_ratio:.2f} | "
+            f"{outcome.seconds:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_html(result: SearchResult) -> str:
+    measured = timed_rows(result)
+    gain_label = GAIN_LABEL[result.config.objective]
+    speed = plot_pareto(measured, lambda s: s.gain, gain_label, result)
+    size = plot_pareto(measured, lambda s: 1 / s.size_ratio, "size reduction (x)", result)
+    title = html.escape(f"inferopt optimize: {result.source}")
+    verdict = (
+        f"chosen <code>{html.escape(result.chosen.text)}</code>"
+        if result.chosen
+        else "no candidate within the budget"
+    )
+    return PAGE.format(
+        title=title,
+        verdict=verdict,
+        table=_table(result),
+        speed=figure_png(speed),
+        size=figure_png(size),
+        budget=html.escape(f"{result.config.max_drop.text()} ({result.metric})"),
+        wall=f"{result.wall_s:.0f}",
+    )
+
+
+def plot_pareto(rows: list[Scored], better: Any, label: str, result: SearchResult) -> Figure:
+    """Drop (x, smaller is better) against a gain (y, larger is better); the frontier joined,
+    the budget shaded, the chosen ringed."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    front = pareto(rows, better)
+    ax.scatter([s.drop for s in rows], [better(s) for s in rows], color="#999", label="candidate")
+    ax.plot([s.drop for s in front], [better(s) for s in front], "o-", color="#1f77b4",
+            label="Pareto frontier")  # fmt: skip
+    for s in front:
+        ax.annotate(s.name, (s.drop, better(s)), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip
+    limit = _absolute_budget(result)
+    ax.axvspan(min(0.0, *(s.drop for s in rows)) if rows else 0.0, limit, color="#2ca02c",
+               alpha=0.08, label="within budget")  # fmt: skip
+    if result.chosen is not None:
+        chosen = next(s for s in rows if s.name == result.chosen.text)
+        ax.scatter([chosen.drop], [better(chosen)], s=160, facecolors="none",
+                   edgecolors="#d62728", linewidths=2, label="chosen")  # fmt: skip
+    ax.axhline(1.0, color="#444", lw=0.8, ls=":")
+    ax.set_xlabel(f"drop in {result.metric} against the baseline")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def _absolute_budget(result: SearchResult) -> float:
+    budget = result.config.max_drop
+    return budget.value * result.baseline.score if budget.relative else budget.value
+
+
+def _table(result: SearchResult) -> str:
+    head = ["recipe", "drop", "gain", "size ratio", "within budget", "confirmed", "seconds"]
+    body = []
+    budget = result.config.max_drop
+    for row, o in zip(result.scored(), result.outcomes, strict=True):
+        if o.failed:
+            cells = [o.text, f"failed: {o.failed}", "", "", "no", "", f"{o.seconds:.0f}"]
+        else:
+            ok = budget.allows(row.drop, result.baseline.score)
+            cells = [o.text, f"{row.drop:.4f}", f"{row.gain:.2f}x", f"{row.size_ratio:.2f}",
+                     "yes" if ok else "no", o.rejected or ("yes" if o.full else "probe only"),
+                     f"{o.seconds:.0f}"]  # fmt: skip
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return f"<table><tr>{header}</tr>{''.join(body)}</table>"
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
+</style></head><body>
+<h1>{title}</h1>
+<p>Result: {verdict}. Budget: max drop {budget}. Search wall time {wall} s.</p>
+<h2>Candidates</h2>{table}
+<h2>Fidelity against speed (Pareto frontier)</h2>{speed}
+<h2>Fidelity against size (Pareto frontier)</h2>{size}
+</body></html>
+"""

@@ -1,0 +1,108 @@
+"""The selection rule: among the candidates whose fidelity drop is within the user's budget,
+the best on the objective; the Pareto frontier over all of them; and, when none is within
+budget, the closest ones.
+
+Kept free of measuring and I/O so the rule itself can be tested on made-up figures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from inferopt.errors import InputError
+
+Objective = Literal["latency", "throughput", "size", "memory"]
+OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput", "size", "memory")
+TIE = 0.03  # gains this close (3%) count as equal
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of the model's metric the user accepts to lose. Written `0.5%` (relative to
+    the baseline's score) or `0.005` (absolute, in the metric's own units: accuracy or
+    agreement as a fraction)."""
+
+    value: float
+    relative: bool
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value) or self.value < 0:
+            raise ValueError(f"the accuracy budget must be a number >= 0, got {self.value}")
+        if self.value > 1:
+            raise ValueError(f"the accuracy budget must not be over 100%, got {self.text()}")
+
+    @staticmethod
+    def parse(text: str) -> Budget:
+        raw = text.strip()
+        relative = raw.endswith("%")
+        try:
+            number = float(raw.rstrip("%"))
+        except ValueError:
+            raise InputError(
+                f"--max-drop {text!r}: not a number; write e.g. 0.5% (relative) or 0.005"
+            ) from None
+        try:
+            return Budget(number / 100 if relative else number, relative)
+        except ValueError as exc:
+            raise InputError(f"--max-drop {text!r}: {exc}") from None
+
+    def text(self) -> str:
+        return f"{self.value:.4g} of the baseline's score" if self.relative else f"{self.value:.4g}"
+
+    def allows(self, drop: float, baseline_score: float) -> bool:
+        return self.normalised(drop, baseline_score) <= self.value + 1e-12
+
+    def normalised(self, drop: float, baseline_score: float) -> float:
+        """The drop in the budget's own terms (relative drops divide by the baseline)."""
+        if not self.relative:
+            return drop
+        return drop / baseline_score if baseline_score > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate's figures, as the rule sees them. `gain` is the objective as a ratio to
+    the baseline where higher is better (speed-up, throughput ratio, size or memory saved)."""
+
+    name: str
+    drop: float  # loss in the model's metric against the baseline (absolute units)
+    gain: float
+    size_ratio: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    best: Scored | None  # None: nothing is within budget
+    feasible: tuple[Scored, ...]  # within budget, best first
+    closest: tuple[Scored, ...]  # when nothing is within budget: smallest drop first
+
+
+def choose(
+    candidates: Sequence[Scored], budget: Budget, baseline_score: float, closest: int = 3
+) -> Choice:
+    """The fastest (or smallest ...) within budget. Gains within `TIE` of the best are a tie
+    (closer than latency can be told apart on a shared machine), won by the smaller drop."""
+    feasible = sorted(
+        (c for c in candidates if budget.allows(c.drop, baseline_score)),
+        key=lambda c: (-c.gain, c.drop),
+    )
+    if feasible:
+        tied = [c for c in feasible if c.gain >= feasible[0].gain * (1 - TIE)]
+        best = min(tied, key=lambda c: (c.drop, -c.gain))
+        return Choice(best, tuple(feasible), ())
+    nearest = sorted(candidates, key=lambda c: (c.drop, -c.gain))[:closest]
+    return Choice(None, (), tuple(nearest))
+
+
+def pareto(
+    candidates: Sequence[Scored], better: Callable[[Scored], float] = lambda c: c.gain
+) -> list[Scored]:
+    """The candidates no other beats on both fidelity (smaller drop) and `better` (larger);
+    sorted by drop. Use `better=lambda c: 1 / c.size_ratio` for the size frontier."""
+    frontier: list[Scored] = []
+    for c in sorted(candidates, key=lambda c: (c.drop, -better(c))):
+        if not frontier or better(c) > better(frontier[-1]):
+            frontier.append(c)
+    return frontier

@@ -1,0 +1,93 @@
+"""The search's result on the console: the before/after table a user reads first, then every
+candidate with its figures (the Pareto set marked)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from inferopt.search.auto import SearchResult
+from inferopt.search.report import timed_rows
+from inferopt.search.select import pareto
+from inferopt.search.store import Outcome
+
+
+def show(result: SearchResult, console: Console) -> None:
+    console.print(candidates_table(result))
+    if result.chosen is not None:
+        console.print(before_after(result, result.chosen))
+    else:
+        console.print(
+            f"[bold red]no candidate is within the budget[/] (max drop "
+            f"{result.config.max_drop.text()} in {result.metric}); the closest: "
+            + ", ".join(s.name for s in result.choice.closest)
+        )
+    if result.skipped:
+        console.print(f"left out for lack of time: {', '.join(result.skipped)}")
+    console.print(f"search took {result.wall_s:.0f} s")
+    if result.out is not None:
+        console.print(f"wrote {result.out}/ (model.onnx, inferopt.json, report.html, report.json)")
+
+
+def before_after(result: SearchResult, chosen: Outcome) -> Table:
+    table = Table(title=f"before / after: {chosen.text}", title_justify="left")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("chosen", justify="right")
+    latency = result.threads.against_baseline if result.threads else None
+    latency = latency or chosen.full or chosen.probe
+    fid = chosen.fidelity
+    if latency is not None:
+        table.add_row(
+            "latency, batch 1",
+            f"{latency.baseline_ms:.2f} ms",
+            f"{latency.candidate_ms:.2f} ms ({latency.speedup:.2f}x)",
+        )
+    table.add_row(
+        "size",
+        f"{result.baseline.size_bytes / 2**20:.1f} MiB",
+        f"{chosen.size_bytes / 2**20:.1f} MiB",
+    )
+    if fid is not None:
+        if fid.task_score is not None and fid.baseline_task_score is not None:
+            table.add_row(result.metric, f"{fid.baseline_task_score:.4f}", f"{fid.task_score:.4f}")
+        table.add_row("agreement with baseline", "1", f"{fid.agreement:.4f}")
+        table.add_row("mean cosine to baseline", "1", f"{fid.cosine:.4f}")
+    threads = result.threads.intra_op_threads if result.threads else 0
+    table.add_row("intra-op threads", "default", str(threads or "default"))
+    return table
+
+
+def candidates_table(result: SearchResult) -> Table:
+    rows = result.scored()
+    front = {s.name for s in pareto(timed_rows(result))}
+    table = Table(title=f"candidates ({result.config.objective})", title_justify="left")
+    table.add_column("recipe", overflow="fold")
+    for column in ("drop", "gain", "size", "s", ""):
+        table.add_column(column, justify="right")
+    budget = result.config.max_drop
+    for row, outcome in zip(rows, result.outcomes, strict=True):
+        if outcome.failed:
+            why = f"failed: {outcome.failed}"
+            table.add_row(Text(outcome.text), Text(why), "", "", f"{outcome.seconds:.0f}", "")
+            continue
+        marks = []
+        if budget.allows(row.drop, result.baseline.score):
+            marks.append("within budget")
+        if row.name in front:
+            marks.append("pareto")
+        if result.chosen is not None and outcome.text == result.chosen.text:
+            marks.append("CHOSEN")
+        if outcome.rejected:
+            marks.append("drop on 64 samples")
+        table.add_row(
+            Text(outcome.text),
+            f"{row.drop:.4f}",
+            f"{row.gain:.2f}x" + ("" if outcome.full else "*"),
+            f"{row.size_ratio:.2f}",
+            f"{outcome.seconds:.0f}" + (" (cached)" if outcome.cached else ""),
+            ", ".join(marks),
+        )
+    table.caption = "* short probe only; the shortlist gets the full interleaved comparison"
+    return table

@@ -1,0 +1,53 @@
+"""The user's --metric function: called on the baseline first, so a broken one stops the
+search at once with a message naming it."""
+
+import numpy as np
+import pytest
+
+from inferopt.data import Dataset
+from inferopt.errors import InputError
+from inferopt.search.metric import Metric
+from inferopt.sources import load
+
+
+@pytest.fixture(scope="module")
+def mlp_and_data() -> tuple[object, Dataset]:
+    model = load("digits-mlp")
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 8, 8), dtype=np.float32)
+    return model, Dataset.from_arrays({"image": x}, rng.integers(0, 10, 20))
+
+
+def test_user_function_scores_candidate_and_baseline(mlp_and_data) -> None:  # type: ignore[no-untyped-def]
+    model, data = mlp_and_data
+    metric = Metric.resolve("user_metrics:accuracy", data, model)
+    logits = np.eye(10, dtype=np.float32)[np.asarray(data.labels)]
+    fid = metric.fidelity(logits, logits[::-1].copy(), data)
+    assert fid.task_score == 1.0
+    assert fid.baseline_task_score is not None and fid.baseline_task_score < 1.0
+    assert metric.baseline_score(logits, data) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("user_metrics:raises", "raised ZeroDivisionError: no samples of class 3"),
+        ("user_metrics:returns_text", "returned str, not a number"),
+        ("user_metrics:returns_nan", "not a finite number"),
+        ("user_metrics:missing", "has no function 'missing'"),
+        ("no_such_module_here:f", "cannot import 'no_such_module_here'"),
+        ("accuracy", "not one of top1, embedding, agreement"),
+    ],
+)
+def test_broken_metrics_are_named_in_the_error(mlp_and_data, spec: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    model, data = mlp_and_data
+    with pytest.raises(InputError, match=message):
+        metric = Metric.resolve(spec, data, model)
+        metric.baseline_score(np.zeros((len(data), 10), dtype=np.float32), data)
+
+
+def test_top1_without_labels_is_refused(mlp_and_data) -> None:  # type: ignore[no-untyped-def]
+    model, data = mlp_and_data
+    unlabelled = Dataset(data.samples)
+    with pytest.raises(InputError, match="needs labels"):
+        Metric.resolve("top1", unlabelled, model)
