@@ -35,7 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers import optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, save, speedups, table
+from common import interleaved, ort_runner, save, speedups, table
 
 from inferopt.data import Dataset
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
@@ -134,7 +134,7 @@ def results_table(
     wall: float,
 ) -> dict[str, Any]:
     feeds = latency_feeds(data.evaluation, FEEDS)
-    runners = {label: _runner(m, c, feeds) for label, (m, c) in candidates.items()}
+    runners = {label: ort_runner(m, feeds, c) for label, (m, c) in candidates.items()}
     timing = speedups(interleaved(runners), BASELINE)
     reference = outputs(candidates[BASELINE][0], data.evaluation)
     rows = []
@@ -192,16 +192,6 @@ def _fidelity(got: np.ndarray, reference: np.ndarray, data: Dataset) -> str:
         return f"{acc * 100:.2f} ({(base - acc) * 100:+.2f})"
     cos = mean_cosine(reference, got)
     return f"{cos:.4f} / {nearest_neighbour_agreement(reference, got):.3f}"
-
-
-def _runner(model: Model, config: SessionConfig | None, feeds: list[dict[str, np.ndarray]]):  # type: ignore[no-untyped-def]
-    session = model.session(config)
-
-    def run() -> None:
-        for f in feeds:
-            session.run(None, f)
-
-    return run
 
 
 if __name__ == "__main__":

@@ -40,6 +40,17 @@ def interleaved(
     return times
 
 
+def ort_runner(model: Any, feeds: Sequence[dict[str, Any]], config: Any = None) -> Runner:
+    """One pass of an ONNX Runtime session (under `config`: threads, ...) over the feeds."""
+    session = model.session(config)
+
+    def run() -> None:
+        for f in feeds:
+            session.run(None, f)
+
+    return run
+
+
 def speedups(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
     """Median round time, and speed-up over the baseline (median of per-round ratios) with the
     interquartile range of those ratios."""

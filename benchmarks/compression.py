@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, save, speedups, table
+from common import interleaved, ort_runner, save, speedups, table
 
 from inferopt.compress.sparsity import sparse_size
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
@@ -50,16 +50,6 @@ MINILM_RECIPES = (
 )
 LATENCY_SENTENCES = 48
 BASELINE = "as exported (fp32)"
-
-
-def ort_runner(model: Model, feeds: list[dict[str, np.ndarray]]):  # type: ignore[no-untyped-def]
-    session = model.session()
-
-    def run() -> None:
-        for f in feeds:
-            session.run(None, f)
-
-    return run
 
 
 def build(

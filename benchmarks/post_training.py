@@ -20,7 +20,7 @@ import torch
 from onnxruntime.quantization import quantize_dynamic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, save, speedups, table
+from common import interleaved, ort_runner, save, speedups, table
 
 from inferopt.data import Dataset
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
@@ -60,16 +60,6 @@ def torch_runner(module: torch.nn.Module, feeds: list[dict[str, np.ndarray]]):  
         with torch.inference_mode():
             for t in tensors:
                 module(**t)
-
-    return run
-
-
-def ort_runner(model: Model, feeds: list[dict[str, np.ndarray]]):  # type: ignore[no-untyped-def]
-    session = model.session()
-
-    def run() -> None:
-        for f in feeds:
-            session.run(None, f)
 
     return run
 
