@@ -35,7 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers import optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, ort_runner, save, speedups, table
+from common import interleaved, ort_runner, save, speedup_cell, speedups, table
 
 from inferopt.data import Dataset
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
@@ -144,7 +144,7 @@ def results_table(
         rows.append(
             [
                 label,
-                f"{t['speedup']:.2f}x [{t['iqr'][0]:.2f}, {t['iqr'][1]:.2f}]",
+                speedup_cell(t),
                 round(t["median_s"] / len(feeds) * 1e3, 3),
                 _fidelity(got, reference, data.evaluation),
                 round(model.size_bytes / 2**20, 2),

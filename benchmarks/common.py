@@ -67,6 +67,11 @@ def speedups(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str
     return out
 
 
+def speedup_cell(timing: dict[str, Any]) -> str:
+    """A `speedups()` entry as a table cell: median speed-up and the IQR of round ratios."""
+    return f"{timing['speedup']:.2f}x [{timing['iqr'][0]:.2f}, {timing['iqr'][1]:.2f}]"
+
+
 def machine() -> dict[str, Any]:
     info = hardware.probe()
     return {

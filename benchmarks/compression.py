@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, ort_runner, save, speedups, table
+from common import interleaved, ort_runner, save, speedup_cell, speedups, table
 
 from inferopt.compress.sparsity import sparse_size
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
@@ -119,10 +119,8 @@ def digits_cnn() -> list[dict[str, Any]]:
                 round(base_top1 * 100, 2),
                 round(acc * 100, 2),
                 round((base_top1 - acc) * 100, 2),
-                f"{speed[1][name]['speedup']:.2f}x [{speed[1][name]['iqr'][0]:.2f}, "
-                f"{speed[1][name]['iqr'][1]:.2f}]",
-                f"{speed[64][name]['speedup']:.2f}x [{speed[64][name]['iqr'][0]:.2f}, "
-                f"{speed[64][name]['iqr'][1]:.2f}]",
+                speedup_cell(speed[1][name]),
+                speedup_cell(speed[64][name]),
                 round(model.size_bytes / 2**10, 1),
                 train_note(model),
             ]
@@ -205,7 +203,7 @@ def minilm() -> list[dict[str, Any]]:
             [
                 name,
                 round(t["median_s"] / len(feeds) * 1e3, 2),
-                f"{t['speedup']:.2f}x [{t['iqr'][0]:.2f}, {t['iqr'][1]:.2f}]",
+                speedup_cell(t),
                 round(mean_cosine(reference, got), 4),
                 round(nearest_neighbour_agreement(reference, got), 3),
                 f"{1 - float_macs(name, candidates, 32) / base_macs:.0%}",

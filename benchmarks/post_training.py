@@ -20,7 +20,7 @@ import torch
 from onnxruntime.quantization import quantize_dynamic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, ort_runner, save, speedups, table
+from common import interleaved, ort_runner, save, speedup_cell, speedups, table
 
 from inferopt.data import Dataset
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
@@ -91,7 +91,7 @@ def minilm() -> list[dict[str, Any]]:
             [
                 name,
                 round(t["median_s"] / len(feeds) * 1e3, 2),
-                f"{t['speedup']:.2f}x [{t['iqr'][0]:.2f}, {t['iqr'][1]:.2f}]",
+                speedup_cell(t),
                 round(mean_cosine(reference, got), 4),
                 round(nearest_neighbour_agreement(reference, got), 3),
                 round(candidates[name].size_bytes / 2**20, 1) if name in candidates else "",

@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+import pytest
+
+from inferopt.artifact import ArtifactError
 from inferopt.search.evaluate import Fidelity, LatencyComparison
 from inferopt.search.store import Outcome, Store
 from inferopt.sources import load
@@ -19,7 +22,9 @@ def test_outcomes_and_models_round_trip(tmp_path: Path) -> None:
     )  # fmt: skip
     assert store.get(recipe) is None
     store.put(outcome, model)
-    got, again = store.get(recipe)  # type: ignore[misc]
+    got = store.get(recipe)
+    assert got is not None
+    again = store.model(got)
     assert got.cached and got.fidelity == outcome.fidelity and got.probe == outcome.probe
     assert again is not None and again.size_bytes > 0
 
@@ -28,8 +33,10 @@ def test_a_failed_candidate_is_stored_without_a_model(tmp_path: Path) -> None:
     store = Store(tmp_path)
     recipe = [{"pass": "int8-static", "options": {}}]
     store.put(Outcome(recipe, "int8-static", "int8-static", 0.2, failed="no data"), None)
-    got, model = store.get(recipe)  # type: ignore[misc]
-    assert got.failed == "no data" and model is None
+    got = store.get(recipe)
+    assert got is not None and got.failed == "no data"
+    with pytest.raises(ArtifactError, match="its model is missing"):
+        store.model(got)
 
 
 def test_a_partial_write_is_not_read(tmp_path: Path) -> None:

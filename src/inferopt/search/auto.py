@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from inferopt import artifact, zoo
 from inferopt.errors import InputError
 from inferopt.model import Model
 from inferopt.passes.base import PassContext
+from inferopt.passes.recipe import Recipe
 from inferopt.recipes import resolve_data
 from inferopt.search import space, training, write
 from inferopt.search.evaluate import MIN_ROUND_S, outputs
@@ -138,17 +140,19 @@ def optimize(
         for depths in fallback_queue(result, family):  # per root, shallowest first
             for deeper in depths:
                 run_candidates([deeper], bench, store, clock, result, best_so_far, tell)
-                if _within_budget(result, result.outcomes[-1]):
+                if within_budget(result, result.outcomes[-1]):
                     break  # a deeper fallback would only be slower
     confirm_shortlist(bench, store, result, clock, tell)
     result.choice = final_choice(result)
     result.chosen = _outcome(result, result.choice.best)
+    chosen_model = None
     if result.chosen is not None:
+        chosen_model = store.model(result.chosen)  # read once: threads and the artifact
         tell(f"choosing thread settings for {result.chosen.text}")
-        result.threads = tune_threads(bench, _model(store, result.chosen))
+        result.threads = tune_threads(bench, chosen_model)
     result.wall_s = clock.elapsed()
     if out_path is not None:
-        result.out = write.final(out_path, result, store)
+        result.out = write.final(out_path, result, store, chosen_model)
     return result
 
 
@@ -207,18 +211,17 @@ def run_candidates(
             continue
         tell(f"candidate {index} of {len(pending)}: {candidate.text} · {best_so_far.summary()}")
         if stored is not None:
-            outcome, model = stored
             # Today's spelling of the recipe; confirmations belong to the run that made them.
-            outcome = dataclasses.replace(
-                outcome, text=candidate.text, full=None, memory_bytes=None
-            )
+            outcome = dataclasses.replace(stored, text=candidate.text, full=None, memory_bytes=None)
+            if not outcome.failed:
+                best_so_far.offer(outcome, partial(store.model, outcome))
         else:
             outcome, model = screen(candidate, bench)
             store.put(outcome, model)
+            if model is not None:
+                best_so_far.offer(outcome, partial(_same, model))
         result.outcomes.append(outcome)
         rejected_in_a_row = rejected_in_a_row + 1 if outcome.rejected else 0
-        if model is not None:
-            best_so_far.offer(outcome, model)
 
 
 def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candidate]]:
@@ -235,11 +238,12 @@ def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candida
     ]
     missed.sort(key=lambda pair: pair[0])
     return [
-        space.fallbacks(space.Candidate(_recipe(o), o.family)) for _, o in missed[:FALLBACK_ROOTS]
+        space.fallbacks(space.Candidate(Recipe.from_json(o.recipe), o.family))
+        for _, o in missed[:FALLBACK_ROOTS]
     ]
 
 
-def _within_budget(result: SearchResult, outcome: Outcome) -> bool:
+def within_budget(result: SearchResult, outcome: Outcome) -> bool:
     fid = outcome.fidelity
     return fid is not None and result.config.max_drop.allows(fid.drop, result.baseline.score)
 
@@ -259,7 +263,7 @@ def confirm_shortlist(
         index = _index(result, scored_one)
         outcome = result.outcomes[index]
         tell(f"confirming {rank} of {len(shortlist)}: {outcome.text}")
-        confirmed = confirm(outcome, _model(store, outcome), bench)
+        confirmed = confirm(outcome, store.model(outcome), bench)
         result.outcomes[index] = dataclasses.replace(confirmed, cached=outcome.cached)
 
 
@@ -324,17 +328,8 @@ def _outcome(result: SearchResult, wanted: Scored | None) -> Outcome | None:
     return None if wanted is None else result.outcomes[_index(result, wanted)]
 
 
-def _model(store: Store, outcome: Outcome) -> Model:
-    stored = store.get(outcome.recipe)
-    if stored is None or stored[1] is None:
-        raise InputError(f"candidate {outcome.text}: its model is missing from the cache")
-    return stored[1]
-
-
-def _recipe(outcome: Outcome) -> Any:
-    from inferopt.passes.recipe import Recipe
-
-    return Recipe.from_json(outcome.recipe)
+def _same(model: Model) -> Model:
+    return model
 
 
 def _trainable(source: Any, config: SearchConfig) -> bool:

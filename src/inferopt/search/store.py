@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from inferopt import cache, hardware
+from inferopt.artifact import ArtifactError
 from inferopt.data import Dataset
 from inferopt.model import Model, load_onnx
 from inferopt.search.evaluate import Fidelity, LatencyComparison
@@ -88,13 +89,20 @@ class Store:
     def for_search(baseline: Model, datasets: Sequence[Dataset], metric: str) -> Store:
         return Store(cache.cache_dir("search", search_key(baseline, datasets, metric)))
 
-    def get(self, recipe: list[dict[str, Any]]) -> tuple[Outcome, Model | None] | None:
-        path = self.folder / _candidate_key(recipe)
-        if not (path / OUTCOME).is_file():
+    def get(self, recipe: list[dict[str, Any]]) -> Outcome | None:
+        path = self.folder / _candidate_key(recipe) / OUTCOME
+        if not path.is_file():
             return None
-        outcome = Outcome.from_json(json.loads((path / OUTCOME).read_text()))
-        model = load_onnx(path / MODEL, verify=False) if (path / MODEL).is_file() else None
-        return outcome, model
+        return Outcome.from_json(json.loads(path.read_text()))
+
+    def model(self, outcome: Outcome) -> Model:
+        """The candidate's model, read only when it is needed (they are tens of MiB)."""
+        path = self.folder / _candidate_key(outcome.recipe) / MODEL
+        if not path.is_file():
+            raise ArtifactError(
+                f"candidate {outcome.text}: its model is missing from {path.parent}"
+            )
+        return load_onnx(path, verify=False)
 
     def put(self, outcome: Outcome, model: Model | None) -> None:
         final = self.folder / _candidate_key(outcome.recipe)

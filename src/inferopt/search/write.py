@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,21 +37,21 @@ class BestSoFar:
         self.best: Outcome | None = None
         self.gain = 0.0
 
-    def offer(self, outcome: Outcome, model: Model) -> None:
-        from inferopt.search.auto import gain
+    def offer(self, outcome: Outcome, model: Callable[[], Model]) -> None:
+        """`model` is called only when the candidate is written: a new best within budget."""
+        from inferopt.search.auto import gain, within_budget
 
         result = self.result
-        if outcome.fidelity is None or not result.config.max_drop.allows(
-            outcome.fidelity.drop, result.baseline.score
-        ):
+        if not within_budget(result, outcome):
             return
         value = gain(outcome, result.config.objective, result.baseline)
         if self.best is not None and value <= self.gain:
             return
         self.best, self.gain = outcome, value
         if self.out is not None:
-            info = manifest(result, outcome, IN_PROGRESS, model)
-            artifact.write(self.out, model, info, report.markdown(result))
+            built = model()
+            info = manifest(result, outcome, IN_PROGRESS, built)
+            artifact.write(self.out, built, info, report.markdown(result))
 
     def summary(self) -> str:
         if self.best is None:
@@ -87,14 +88,10 @@ def manifest(
     }
 
 
-def final(out: Path, result: SearchResult, store: Store) -> Path:
+def final(out: Path, result: SearchResult, store: Store, chosen_model: Model | None) -> Path:
     status = COMPLETE if result.chosen is not None else NONE_WITHIN_BUDGET
-    chosen_model = _stored_model(store, result.chosen) if result.chosen else None
-    closest = [
-        (o, _stored_model(store, o))
-        for o in result.outcomes
-        if o.text in {s.name for s in result.choice.closest}
-    ]
+    names = {s.name for s in result.choice.closest}
+    closest = [(o, store.model(o)) for o in result.outcomes if o.text in names]
 
     def fill(folder: Path) -> None:
         if chosen_model is not None:
@@ -109,13 +106,6 @@ def final(out: Path, result: SearchResult, store: Store) -> Path:
         (folder / artifact.REPORT).write_text(report.markdown(result))
 
     return artifact.write_folder(out, fill)
-
-
-def _stored_model(store: Store, outcome: Outcome) -> Model:
-    stored = store.get(outcome.recipe)
-    if stored is None or stored[1] is None:
-        raise FileNotFoundError(f"candidate {outcome.text}: its model is missing from the cache")
-    return stored[1]
 
 
 def _write_json(path: Path, data: Any) -> None:
