@@ -142,3 +142,12 @@ def mlserver(
     command = ["taskset", "-c", cores, str(executable), "start", str(folder)]
     env = {"PATH": str(executable.parent) + ":/usr/bin:/bin", "PYTHONPATH": str(model_dir)}
     return Process(command, port, model, cwd=folder, env=env)
+
+
+def http_floor(model: str, metadata: dict[str, Any], cores: str) -> Process:
+    """benchmarks/http_floor.py: uvicorn answering every request without a model."""
+    port = free_port()
+    script = Path(__file__).resolve().parent / "http_floor.py"
+    described = json.dumps({"name": model, "versions": ["1"], **metadata})
+    command = ["taskset", "-c", cores, sys.executable, str(script), str(port), described]
+    return Process(command, port, model)

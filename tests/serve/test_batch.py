@@ -64,13 +64,28 @@ def test_merge_pads_to_the_longest_and_split_gives_each_request_its_own() -> Non
         np.testing.assert_allclose(piece["pooled"], alone["pooled"], rtol=1e-6)
 
 
-def test_keys_keep_different_buckets_and_shapes_apart() -> None:
+def test_keys_keep_different_shapes_apart_and_lengths_when_not_padding() -> None:
     pad = BatchAxes.of(TEXT, "pad")
     bucket = BatchAxes.of(TEXT, "bucket")
-    assert batch.key(text(1, 5), pad) == batch.key(text(3, 8), pad)  # bucket 8
-    assert batch.key(text(1, 8), pad) != batch.key(text(1, 9), pad)  # 8 vs 16
+    assert batch.key(text(1, 5), pad) == batch.key(text(3, 80), pad)  # by_length decides
     assert batch.key(text(1, 5), bucket) != batch.key(text(1, 6), bucket)
     assert batch.key(text(1, 5), bucket) == batch.key(text(4, 5), bucket)
+
+
+def test_by_length_gathers_the_nearest_lengths_while_padding_stays_in_bounds() -> None:
+    # (rows, length); the first (oldest) always goes
+    sizes = [(1, 20), (1, 40), (1, 19), (1, 21), (1, 20), (1, 6)]
+    assert batch.by_length(sizes, 32, 0.1) == [0, 2, 3, 4]  # 80 tokens padded to 84
+    assert batch.by_length(sizes, 32, 0.0) == [0, 4]  # equal lengths only
+    assert batch.by_length(sizes, 2, 0.1) == [0, 4]  # the nearest first, up to the rows
+    assert batch.by_length(sizes, 32, 10.0) == [0, 1, 2, 3, 4, 5]
+
+
+def test_by_length_counts_every_row_of_a_request() -> None:
+    # 3 rows of 10 padded to 12 cost 6 tokens of padding: over 10% of 42 real tokens
+    assert batch.by_length([(1, 12), (3, 10)], 32, 0.1) == [0]
+    assert batch.by_length([(1, 12), (3, 10)], 32, 0.15) == [0, 1]
+    assert batch.by_length([(1, 12), (3, 10)], 3, 1.0) == [0]  # 4 rows: over the max
 
 
 def test_chunks_split_a_large_request_without_copying() -> None:

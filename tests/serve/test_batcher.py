@@ -340,25 +340,19 @@ class Gated:
         return self.inner.run(inputs, control)
 
 
-def test_minilm_requests_of_different_lengths_are_padded_together_correctly(
-    zoo_repo: Path,
-) -> None:
-    model = load_onnx(zoo_repo / "minilm" / "1" / "model.onnx")
-    rng = np.random.default_rng(0)
+def text(rows: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(seed).integers(1000, 2000, size=(rows, length), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids}
 
-    def text(rows: int, length: int) -> dict[str, np.ndarray]:
-        ids = rng.integers(1000, 2000, size=(rows, length), dtype=np.int64)
-        return {
-            "input_ids": ids,
-            "attention_mask": np.ones_like(ids),
-            "token_type_ids": np.zeros_like(ids),
-        }
 
-    requests = [text(1, 6), text(2, 5), text(1, 8), text(1, 7)]  # lengths 5..8: one bucket
+def batches_of(
+    model_path: Path, config: ModelConfig, requests: list[dict[str, np.ndarray]]
+) -> tuple[list[tuple[int, ...]], list[dict[str, np.ndarray]]]:
+    """The shapes of the batches `requests` ran in, queued behind a running (1, 4) request."""
 
-    async def scenario() -> list[dict[str, np.ndarray]]:
-        runner = Gated(OnnxRunner(model, threads=1, label="minilm"))
-        batcher = Batcher(runner, ModelConfig(), Metrics().for_version("minilm", "1"), {1: 0.01})
+    async def scenario() -> tuple[list[tuple[int, ...]], list[dict[str, np.ndarray]]]:
+        runner = Gated(OnnxRunner(load_onnx(model_path), threads=1, label="minilm"))
+        batcher = Batcher(runner, config, Metrics().for_version("minilm", "1"), {1: 0.01})
         first = asyncio.create_task(batcher.submit(text(1, 4), None))
         assert await asyncio.to_thread(runner.started.wait, 30)
         rest = [asyncio.create_task(batcher.submit(r, None)) for r in requests]
@@ -367,9 +361,27 @@ def test_minilm_requests_of_different_lengths_are_padded_together_correctly(
         await first
         outputs = [await task for task in rest]
         await batcher.close()
-        assert runner.shapes == [(1, 4), (5, 8)]  # the four merged, padded to 8
-        return outputs
+        return runner.shapes, outputs
 
-    for inputs, got in zip(requests, run(scenario), strict=True):
+    return run(scenario)
+
+
+def test_requests_join_a_batch_by_nearness_of_length_within_the_padding_bound(
+    zoo_repo: Path,
+) -> None:
+    requests = [text(1, 20), text(1, 40), text(1, 19), text(1, 6), text(1, 20)]
+    shapes, _ = batches_of(zoo_repo / "minilm" / "1" / "model.onnx", ModelConfig(), requests)
+    assert shapes == [(1, 4), (3, 20), (1, 40), (1, 6)]  # oldest first, then the nearest
+
+
+def test_minilm_requests_of_different_lengths_are_padded_together_correctly(
+    zoo_repo: Path,
+) -> None:
+    path = zoo_repo / "minilm" / "1" / "model.onnx"
+    requests = [text(1, 6, 1), text(2, 5, 2), text(1, 8, 3), text(1, 7, 4)]  # 9 pads of 40
+    shapes, outputs = batches_of(path, ModelConfig(max_padding=0.3), requests)
+    assert shapes == [(1, 4), (5, 8)]  # the four merged, padded to 8
+    model = load_onnx(path)
+    for inputs, got in zip(requests, outputs, strict=True):
         want = model.run(inputs)["sentence_embedding"]
         np.testing.assert_allclose(got["sentence_embedding"], want, rtol=1e-4, atol=1e-4)

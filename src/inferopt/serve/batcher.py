@@ -2,8 +2,9 @@
 thread pool (ONNX Runtime releases the GIL), deadlines, and admission control.
 
 How a batch is formed, when a slot to run it is free:
-- take the oldest (highest-priority) request and every queued request that may share its
-  batch (same shapes, or sequence lengths in the same bucket when padding), up to the max;
+- take the oldest (highest-priority) request and the queued requests that may share its
+  batch (same shapes; when padding, those nearest its length while the padding stays under
+  `max_padding`, see batch.by_length), up to the max;
 - go at once when the batch is full, or when holding it back would cost more than it gains:
   waiting one more expected inter-arrival gap costs every waiting row that gap, and gains the
   time saved by running the next request in this batch instead of alone (from measured batch
@@ -54,6 +55,7 @@ class Job:
     inputs: Tensors
     rows: int
     key: Hashable
+    length: int  # sequence length (0 for models without one): whom to pad with
     rank: tuple[float, int]  # (priority, arrival order): the queue's sort order
     enqueued: float
     deadline: float | None
@@ -74,6 +76,7 @@ class Batcher:
         self._config = config
         self._axes = BatchAxes.of(runner.io, config.sequence_batching)
         self._max_rows = config.max_batch_size if self._axes.batch is not None else 0
+        self._max_padding = config.max_padding
         self._metrics = metrics
         self._latency = LatencyModel(latency)
         self._arrivals = ArrivalGap()
@@ -135,34 +138,46 @@ class Batcher:
     def refusal(self, rows: int, deadline: float | None, now: float) -> Overloaded | None:
         """The 429 a request of `rows` rows gets if it arrives now (counted in the metrics),
         or None when it would be admitted."""
-        reason, message = self._refusal_reason(rows, deadline, now)
-        if reason is None:
-            return None
-        self._metrics.rejected(reason)
+        reason = self.refused(rows, deadline, now)
+        return None if reason is None else self.overloaded(reason, rows, deadline, now)
+
+    def refused(self, rows: int, deadline: float | None, now: float) -> str | None:
+        """Why a request of `rows` rows arriving now is refused (counted in the metrics), or
+        None when it would be admitted: `refusal` without its message, cheap enough for the
+        HTTP gate to ask of every request under overload."""
+        reason = self._refusal_reason(rows, deadline, now)
+        if reason is not None:
+            self._metrics.rejected(reason)
+        return reason
+
+    def overloaded(self, reason: str, rows: int, deadline: float | None, now: float) -> Overloaded:
+        """The 429 of a refusal by `reason`, with Retry-After from the predicted wait. The
+        message of a refusal by the queue names only settings, so its response changes only
+        with the reason and Retry-After: the HTTP gate formats it once per pair (gate.refusal)."""
         wait = self.predicted_wait(rows)
+        if reason == "queue_full":
+            message = f"queue full ({self._config.max_queue_size} requests pending)"
+        elif reason == "queue_wait":
+            message = (
+                "as many requests pending as are answered within max_queue_wait_ms "
+                f"({self._config.max_queue_wait_ms:g}) at the moment"
+            )
+        else:
+            left = math.inf if deadline is None else deadline - now
+            message = (
+                f"predicted wait {wait * 1e3:.1f} ms exceeds the request's deadline "
+                f"({left * 1e3:.1f} ms left)"
+            )
         return Overloaded(f"model {self._metrics.model!r}: {message}", retry_after_s=wait)
 
-    def _refusal_reason(
-        self, rows: int, deadline: float | None, now: float
-    ) -> tuple[str | None, str]:
+    def _refusal_reason(self, rows: int, deadline: float | None, now: float) -> str | None:
         if self._pending >= self._config.max_queue_size:
-            wait = self.predicted_wait(rows)
-            return "queue_full", (
-                f"queue full ({self._pending} requests); retry in about {wait * 1e3:.0f} ms"
-            )
+            return "queue_full"
         if self._limit is not None and self._pending >= self._limit.limit:
-            return "queue_wait", (
-                f"{self._pending} requests pending, the most that are answered within "
-                f"max_queue_wait_ms ({self._config.max_queue_wait_ms:g}) at the moment"
-            )
-        if deadline is not None:
-            wait = self.predicted_wait(rows)
-            if now + wait > deadline:
-                return "deadline", (
-                    f"predicted wait {wait * 1e3:.1f} ms exceeds the request's deadline "
-                    f"({(deadline - now) * 1e3:.1f} ms left)"
-                )
-        return None, ""
+            return "queue_wait"
+        if deadline is not None and now + self.predicted_wait(rows) > deadline:
+            return "deadline"
+        return None
 
     def predicted_wait(self, rows: int) -> float:
         """Seconds until a request of `rows` rows would be answered, were it queued now:
@@ -186,6 +201,7 @@ class Batcher:
             inputs=inputs,
             rows=batch.rows(inputs, self._axes),
             key=batch.key(inputs, self._axes),
+            length=batch.seq_len(inputs, self._axes) or 0,
             rank=(rank, self._order),
             enqueued=now,
             deadline=deadline,
@@ -197,15 +213,18 @@ class Batcher:
         return job
 
     async def _gather(self, jobs: list[Job], deadline: float | None) -> Tensors:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        futures = [job.future for job in jobs]
-        _, late = await asyncio.wait(futures, timeout=timeout)
-        if late:
-            where = "while its batch ran" if any(j.control for j in jobs) else "in the queue"
-            raise DeadlineExceeded(f"the request's deadline passed {where}")
-        for future in futures:  # retrieve every exception, then raise the first
-            future.exception()
-        pieces = [future.result() for future in futures]
+        """The jobs' outputs, joined. Awaits each future directly (no `asyncio.wait`: on a
+        small model its cost shows in the server's CPU per request); a failed or abandoned
+        job's siblings are cleaned up by `_abandon`."""
+        if deadline is None:
+            pieces = [await job.future for job in jobs]
+        else:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    pieces = [await job.future for job in jobs]
+            except TimeoutError:
+                where = "while its batch ran" if any(j.control for j in jobs) else "in the queue"
+                raise DeadlineExceeded(f"the request's deadline passed {where}") from None
         if len(pieces) == 1:
             return pieces[0]
         axis = self._axes.batch
@@ -214,11 +233,10 @@ class Batcher:
     def _abandon(self, job: Job) -> None:
         """Forget a job whose request is over: out of the queue if still there; and if its
         whole batch is abandoned mid-run, stop the run."""
-        if job.future.done():
-            if not job.future.cancelled():
-                job.future.exception()  # mark it retrieved: the request is answered already
+        if job.future.done() and not job.future.cancelled():
+            job.future.exception()  # mark it retrieved: the request is answered already
             return
-        job.future.cancel()
+        job.future.cancel()  # (cancelled already if its request was cancelled awaiting it)
         if job in self._queue:
             self._dequeue(job)
         elif job.control is not None and all(j.future.done() for j in job.batch):
@@ -270,9 +288,13 @@ class Batcher:
     def _compatible(self, first: Job) -> list[Job]:
         if self._max_rows == 0:
             return [first]
+        alike = [job for job in self._queue if job.key == first.key]
+        if self._axes.pad:
+            sizes = [(job.rows, job.length) for job in alike]
+            return [alike[i] for i in batch.by_length(sizes, self._max_rows, self._max_padding)]
         jobs, rows = [], 0
-        for job in self._queue:
-            if job.key == first.key and rows + job.rows <= self._max_rows:
+        for job in alike:
+            if rows + job.rows <= self._max_rows:
                 jobs.append(job)
                 rows += job.rows
         return jobs

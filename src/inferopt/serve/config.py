@@ -70,6 +70,14 @@ class ModelConfig:
             "when the model has an input named like a mask)"
         ),
     )
+    max_padding: float = field(
+        default=0.1,
+        metadata=_help(
+            "when padding: the most padding tokens a merged batch may carry per real token; a "
+            "batch forms around the oldest request from those nearest its length. 0: only "
+            "equal lengths merge"
+        ),
+    )
     warmup_seq_len: int = field(default=16, metadata=_help("sequence length of warm-up runs"))
 
     def __post_init__(self) -> None:
@@ -78,6 +86,7 @@ class ModelConfig:
         _at_least(self.max_queue_size, 1, "max_queue_size")
         _at_least(self.instances, 1, "instances")
         _at_least(self.intra_op_threads, 0, "intra_op_threads")
+        _at_least(self.max_padding, 0, "max_padding")
         _at_least(self.warmup_seq_len, 1, "warmup_seq_len")
         for name in ("max_queue_wait_ms", "default_timeout_ms"):
             value = getattr(self, name)

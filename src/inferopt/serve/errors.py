@@ -8,6 +8,11 @@ import math
 from inferopt.errors import InferoptError
 
 
+def retry_after(seconds: float) -> int:
+    """Whole seconds, at least 1: HTTP's Retry-After takes no fractions."""
+    return max(1, math.ceil(seconds))
+
+
 class ServeError(InferoptError):
     """A request the server refuses, with the HTTP status that says why."""
 
@@ -19,10 +24,9 @@ class ServeError(InferoptError):
         self.retry_after_s = retry_after_s
 
     def retry_after_header(self) -> str | None:
-        """Whole seconds, at least 1: HTTP's Retry-After takes no fractions."""
         if self.retry_after_s is None:
             return None
-        return str(max(1, math.ceil(self.retry_after_s)))
+        return str(retry_after(self.retry_after_s))
 
 
 class BadRequest(ServeError):

@@ -8,12 +8,19 @@ text from a request, so a client cannot blow up the number of series.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 # Why a request ended; every request is counted exactly once under one of these.
 OUTCOMES = (
@@ -29,6 +36,8 @@ OUTCOMES = (
 REJECTIONS = ("queue_full", "deadline", "queue_wait", "draining")
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# The `le` labels of _SECONDS's buckets, as prometheus_client writes them.
+_LE = [floatToGoString(b) for b in (*_SECONDS, math.inf)]  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -39,15 +48,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = ("model", "version")
         r = self.registry
-        self.requests = Counter(
-            "inferopt_requests", "Inference requests by outcome", (*labels, "outcome"), registry=r
-        )
-        self.rejections = Counter(
-            "inferopt_rejections",
-            "Requests refused by admission control",
-            (*labels, "reason"),
-            registry=r,
-        )
+        # By (model, version); kept when a version is replaced, as Prometheus series are.
+        self.requests: dict[tuple[str, str], RequestCounts] = {}
+        self.unknown = RequestCounts()  # requests for models not in the repository
+        r.register(_RequestCollector(self))
         self.inferences = Counter(
             "inferopt_inferences",
             "Rows inferred (a request may carry several)",
@@ -74,13 +78,6 @@ class Metrics:
             buckets=_SECONDS,
             registry=r,
         )
-        self.request_seconds = Histogram(
-            "inferopt_request_seconds",
-            "Time from a request's arrival to its answer",
-            labels,
-            buckets=_SECONDS,
-            registry=r,
-        )
         self.batch_size = Histogram(
             "inferopt_batch_size",
             "Rows per model execution",
@@ -94,7 +91,78 @@ class Metrics:
 
     def unknown_model(self, outcome: str) -> None:
         """A request for a model the repository does not have: counted without its name."""
-        self.requests.labels("", "", outcome).inc()
+        self.unknown.outcomes[outcome] += 1
+
+
+class RequestCounts:
+    """Requests of one model version by outcome, its rejections by reason, and the time to
+    answer each: plain numbers, exposed by `_RequestCollector` as Prometheus series.
+
+    Why not prometheus_client's Counter and Histogram: each update takes a lock and several
+    calls, about 4 µs for the three updates of a refusal, more than everything else the HTTP
+    gate does to refuse a request (see gate.py). These are updated on the event-loop thread
+    only (the handlers, the gate and the batcher's admission all run there), and read there
+    (/metrics, statistics), so they need no lock.
+    """
+
+    def __init__(self) -> None:
+        self.created = time.time()
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.rejections = dict.fromkeys(REJECTIONS, 0)
+        self.buckets = [0] * (len(_SECONDS) + 1)  # by upper bound, as _SECONDS, then +Inf
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(_SECONDS, seconds)] += 1  # the first bound >= it
+        self.seconds += seconds
+
+
+class _RequestCollector:
+    """inferopt_requests, inferopt_rejections and inferopt_request_seconds, from the
+    `RequestCounts` of every version and the count of unknown models, in the form
+    prometheus_client gives its own counters and histograms (with `_created`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:  # the names, so the registry catches a clash
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        requests, rejections, seconds = self._families()
+        for (model, version), c in self._metrics.requests.items():
+            for outcome, n in c.outcomes.items():
+                requests.add_metric((model, version, outcome), n, created=c.created)
+            for reason, n in c.rejections.items():
+                rejections.add_metric((model, version, reason), n, created=c.created)
+            cumulative = itertools.accumulate(c.buckets)
+            seconds.add_metric((model, version), list(zip(_LE, cumulative, strict=True)), c.seconds)
+            labels = {"model": model, "version": version}
+            seconds.samples.append(Sample(f"{seconds.name}_created", labels, c.created))
+        unknown = self._metrics.unknown
+        for outcome, n in unknown.outcomes.items():
+            if n:  # only the outcomes that occurred, as the model name is not known
+                requests.add_metric(("", "", outcome), n, created=unknown.created)
+        yield from (requests, rejections, seconds)
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+        labels = ["model", "version"]
+        return (
+            CounterMetricFamily(
+                "inferopt_requests", "Inference requests by outcome", labels=[*labels, "outcome"]
+            ),
+            CounterMetricFamily(
+                "inferopt_rejections",
+                "Requests refused by admission control",
+                labels=[*labels, "reason"],
+            ),
+            HistogramMetricFamily(
+                "inferopt_request_seconds",
+                "Time from a request's arrival to its answer",
+                labels=labels,
+            ),
+        )
 
 
 @dataclass
@@ -144,9 +212,7 @@ class VersionMetrics:
         # The labelled series, looked up once: `labels()` costs a lock and a dictionary
         # lookup per call, and these are updated several times per request.
         m, labels = metrics, (model, version)
-        self._outcomes = {o: m.requests.labels(*labels, o) for o in OUTCOMES}
-        self._rejections = {r: m.rejections.labels(*labels, r) for r in REJECTIONS}
-        self._request_seconds = m.request_seconds.labels(*labels)
+        self._requests = m.requests.setdefault(labels, RequestCounts())
         self._pending = m.pending.labels(*labels)
         self._queue_seconds = m.queue_seconds.labels(*labels)
         self._inferences = m.inferences.labels(*labels)
@@ -155,13 +221,15 @@ class VersionMetrics:
         self._batch_size = m.batch_size.labels(*labels)
 
     def finished(self, outcome: str, seconds: float) -> None:
-        self._outcomes[outcome].inc()
-        self._request_seconds.observe(seconds)
-        with self._lock:
-            (self.stats.success if outcome == "success" else self.stats.fail).add(seconds)
+        """On the event-loop thread only (see RequestCounts), as are the statistics' readers:
+        the success and fail totals need no lock either."""
+        requests = self._requests
+        requests.outcomes[outcome] += 1
+        requests.observe(seconds)
+        (self.stats.success if outcome == "success" else self.stats.fail).add(seconds)
 
     def rejected(self, reason: str) -> None:
-        self._rejections[reason].inc()
+        self._requests.rejections[reason] += 1
 
     def pending(self, delta: int) -> None:
         self._pending.inc(delta)

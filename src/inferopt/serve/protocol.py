@@ -52,6 +52,20 @@ class InferResponse:
 # ---- decoding an HTTP request body ----
 
 
+def inference_path(path: str) -> dict[str, str] | None:
+    """{"model": m} of `/v2/models/{m}/infer`, {"model": m, "version": v} of
+    `/v2/models/{m}/versions/{v}/infer`, else None."""
+    prefix, suffix = "/v2/models/", "/infer"
+    if not path.startswith(prefix) or not path.endswith(suffix):
+        return None
+    parts = path[len(prefix) : -len(suffix)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return {"model": parts[0]}
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return {"model": parts[0], "version": parts[2]}
+    return None
+
+
 def parse_http(body: bytes, header_length: str | None) -> InferRequest:
     """An inference request from an HTTP body (JSON, or JSON header + binary tensors)."""
     json_part, binary = _split_body(body, header_length)

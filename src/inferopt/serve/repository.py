@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferopt.errors import InferoptError
 from inferopt.iospec import IOSpec
@@ -34,6 +34,9 @@ from inferopt.serve.layout import Layout, ModelSource, check_version
 from inferopt.serve.metrics import Metrics, VersionMetrics
 from inferopt.serve.protocol import InferRequest, InferResponse
 from inferopt.serve.runner import OnnxRunner, Runner, warm_up, warmup_sizes
+
+if TYPE_CHECKING:
+    from inferopt.serve.gate import Refusal
 
 log = logging.getLogger("inferopt.serve")
 PLATFORM = "onnxruntime_onnx"
@@ -65,6 +68,9 @@ class ModelVersion:
         self.batcher = batcher
         self.metrics = metrics
         self.axes = batcher.axes
+        # The HTTP gate's pre-formatted 429 responses, by (reason, Retry-After): kept here,
+        # so they go with this version when it is replaced (see gate.refusal).
+        self.refusals: dict[tuple[str, int], Refusal] = {}
 
     async def infer(self, request: InferRequest) -> InferResponse:
         protocol.validate(request, self.io)

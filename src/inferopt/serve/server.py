@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -230,10 +231,10 @@ class Server:
 def _http_protocol(repository: Repository) -> type[asyncio.Protocol] | str:
     """httptools with the admission gate in the protocol (see gate.py); h11 when httptools
     is not installed (the ASGI gate then refuses, at a higher cost per refusal)."""
-    try:
-        from inferopt.serve.gate_protocol import gated_protocol
-    except ImportError:
-        return "h11"
+    if importlib.util.find_spec("httptools") is None:  # not `except ImportError`: a broken
+        return "h11"  # gate_protocol must fail loudly, not quietly serve slower
+    from inferopt.serve.gate_protocol import gated_protocol
+
     return gated_protocol(repository)
 
 
