@@ -92,7 +92,9 @@ def test_a_full_queue_is_429_with_retry_after(
     serve: Serve, spin_repo: Path, spin_rate: float, read_metric: Callable, poll: Callable
 ) -> None:
     url = serve(spin_repo, ModelConfig(max_batch_size=1, max_queue_size=2)).http_url
-    busy = [in_background(url, trips=int(spin_rate * 1.0)) for _ in range(2)]
+    # 3 s each: the refused request must arrive while both are still pending, even when a
+    # loaded machine is slow to show the second one pending
+    busy = [in_background(url, trips=int(spin_rate * 3.0)) for _ in range(2)]
     poll(pending_is(read_metric, url, 2))
     refused = infer(url, trips=1)
     assert refused.status_code == 429
