@@ -5,7 +5,10 @@ Servers, each serving the same ONNX file:
 - the in-process ceiling: the same ONNX Runtime model called directly at its best batch
   size, on the server's core, with the server's thread count;
 - Seldon MLServer 1.7.1 with its adaptive batching, through a small custom runtime
-  (benchmarks/mlserver/onnx_runtime.py) that calls ONNX Runtime on the same file.
+  (benchmarks/mlserver/onnx_runtime.py) that calls ONNX Runtime on the same file;
+- the HTTP floor (benchmarks/http_floor.py): uvicorn answering without a model, which bounds
+  what any server on this HTTP stack can do.
+Closed-loop comparisons run in rounds, each with its own ceiling; medians over rounds.
 
 Models: digits-cnn (random 8x8 images) and minilm (real sentences of varied length from
 the zoo corpus). Sharing two cores: every server is pinned to core 0 (one ONNX Runtime
@@ -20,6 +23,7 @@ server's CPU per request and the generator's own CPU use.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -150,41 +154,47 @@ class Closed:
     floor: float | None  # median over rounds of the no-model HTTP floor, when measured
 
 
+LABELS = {"on": "inferopt, batching on", "off": "inferopt, batching off",
+          "floor": "HTTP floor: uvicorn, no model"}  # fmt: skip
+
+
+def closed_server(repo: Path, model: str, kind: str,
+                  floor_metadata: dict[str, Any] | None) -> servers.Process:  # fmt: skip
+    if kind == "floor" and floor_metadata is not None:
+        return servers.http_floor(model, floor_metadata, str(SERVER_CORE))
+    max_batch = "32" if kind == "on" else "0"
+    return servers.inferopt_server(repo, model, str(SERVER_CORE), *COMMON_FLAGS, max_batch)
+
+
 def closed_rows(repo: Path, model: str, rounds: int, feeds: Feeds,
                 floor_metadata: dict[str, Any] | None = None) -> Closed:  # fmt: skip
     """Each round, side by side: the in-process ceiling, the server with batching on and off,
     and (with `floor_metadata`) the HTTP floor; closed loop, 32 outstanding. Medians over
     rounds, so a noisy moment on the shared machine skews no single comparison."""
-    rows, on, ceilings, floors = [], [], [], []
+    kinds = ["on", "off"] + (["floor"] if floor_metadata is not None else [])
+    rows, ceilings = [], []
+    throughputs: dict[str, list[float]] = {kind: [] for kind in kinds}
     for repeat in range(rounds):
-        ceiling, size = in_process_ceiling(repo / model / "1" / "model.onnx", feeds)
+        ceiling, best_batch = in_process_ceiling(repo / model / "1" / "model.onnx", feeds)
         ceilings.append(ceiling)
-        rows.append([f"in-process ceiling, batch {size} (round {repeat + 1})", round(ceiling, 1),
-                     "", "", "", round(1e3 / ceiling, 3), "", ""])  # fmt: skip
-        kinds = ["on", "off"] + (["floor"] if floor_metadata is not None else [])
+        rows.append([f"in-process ceiling, batch {best_batch} (round {repeat + 1})",
+                     round(ceiling, 1), "", "", "", round(1e3 / ceiling, 3), "", ""])  # fmt: skip
         for kind in kinds:
-            if kind == "floor":
-                assert floor_metadata is not None
-                server = servers.http_floor(model, floor_metadata, str(SERVER_CORE))
-            else:
-                size = "32" if kind == "on" else "0"
-                server = servers.inferopt_server(repo, model, str(SERVER_CORE), *COMMON_FLAGS,
-                                                 size)  # fmt: skip
+            server = closed_server(repo, model, kind, floor_metadata)
             try:
                 [run] = measure(server, [Load("closed", 32)], CLOSED, True, model)
             finally:
                 server.stop()
             s, times = run.point.summary, run.point.server
-            label = ("HTTP floor: uvicorn, no model" if kind == "floor"
-                     else f"inferopt, batching {kind}")  # fmt: skip
-            rows.append([f"{label} (round {repeat + 1})", round(s.throughput, 1),
+            throughputs[kind].append(s.throughput)
+            rows.append([f"{LABELS[kind]} (round {repeat + 1})", round(s.throughput, 1),
                          round(s.percentiles_ms["p50"], 2), round(s.p99_ms, 2),
                          f"{times.batch_size:.1f}" if times else "",
                          round(run.cpu_ms_per_request, 3), f"{run.point.generator_cpu:.0%}",
                          s.errors])  # fmt: skip
-            {"on": on, "floor": floors}.get(kind, []).append(s.throughput)
-    median = lambda xs: float(np.median(xs))  # noqa: E731
-    return Closed(rows, median(on), median(ceilings), median(floors) if floors else None)
+    floors = throughputs.get("floor")
+    return Closed(rows, statistics.median(throughputs["on"]), statistics.median(ceilings),
+                  statistics.median(floors) if floors else None)  # fmt: skip
 
 
 def at_slo(runs: list[Run]) -> tuple[float, str, float]:

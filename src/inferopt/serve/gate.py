@@ -13,7 +13,8 @@ Two doors, one rule (`refusal`):
   response formatted once per reason and Retry-After: no ASGI task, Starlette, body
   handling, exception or message per refusal. The numbers are in docs/serve.md ("Overload").
 - `AdmissionGate`: an ASGI callable around the application, with the same refusal for
-  requests that reach the application by another way (the h11 protocol, pipelining).
+  requests that reach the application by another way (the h11 protocol, pipelining); it
+  skips those the protocol has checked (`CHECKED` in their scope).
 
 What can be decided without the body: the queue is full (`max_queue_size`), or more
 requests are pending than `max_queue_wait_ms`'s adaptive limit allows. A refusal by the
@@ -40,6 +41,7 @@ from inferopt.serve import protocol
 from inferopt.serve.errors import retry_after
 from inferopt.serve.repository import ModelVersion, Repository
 
+CHECKED = "inferopt.admission_checked"  # scope key: the protocol's gate let it in already
 _MAX_TARGETS = 256  # request targets whose model `Door` remembers
 _MAX_RESPONSES = 16  # refusals kept per model version (Retry-After can take many values)
 
@@ -136,7 +138,7 @@ class AdmissionGate:
         self.repository = repository
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["method"] == "POST" and CHECKED not in scope:
             start = time.perf_counter()
             model = inferred_model(scope["path"])
             served = self.repository.serving(model) if model is not None else None

@@ -14,7 +14,7 @@ import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from inferopt.serve.gate import Door, refusal
+from inferopt.serve.gate import CHECKED, Door, refusal
 from inferopt.serve.repository import Repository
 
 
@@ -36,6 +36,7 @@ class GatedHttpProtocol(HttpToolsProtocol):
                 served.metrics.finished("rejected", time.perf_counter() - start)
                 self._refusing = True
                 return
+            self.scope[CHECKED] = True  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
