@@ -2,11 +2,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from inferopt.compat import modernize
 from inferopt.errors import ModelLoadError
-from inferopt.model import Model, Provenance, load_onnx
+from inferopt.model import Model, Provenance, from_proto, load_onnx
 
 
 def _linear(path: Path, *, external: bool = False) -> Path:
@@ -93,3 +95,59 @@ def test_op_onnx_runtime_cannot_run(tmp_path: Path) -> None:
     onnx.save_model(proto, str(path))
     with pytest.raises(ModelLoadError, match=r"custom\.onnx: .*FancyOp"):
         load_onnx(path)
+
+
+def _scaled(ir_version: int, opset: int, *, listed: bool = True) -> onnx.ModelProto:
+    """y = x * scale, `scale` an initializer that is also listed among the graph's inputs
+    (as IR<=3 requires of every initializer; under IR>=4 that makes it an input with a
+    default), or with `listed=False` only an initializer."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    scale = helper.make_tensor_value_info("scale", TensorProto.FLOAT, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    inputs = [x, scale] if listed else [x]
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["y"])], "g", inputs, [y])
+    graph.initializer.append(numpy_helper.from_array(np.array([1, 2, 3], np.float32), "scale"))
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
+
+
+_X = np.ones((2, 3), dtype=np.float32)
+_OTHER_SCALE = np.full(3, 10.0, dtype=np.float32)
+
+
+def test_an_old_ir_model_is_imported_under_ir4_with_its_weights_as_constants(
+    tmp_path: Path,
+) -> None:
+    old = _scaled(ir_version=3, opset=9)  # as PyTorch exported in 2018
+    path = tmp_path / "old.onnx"
+    onnx.save_model(old, str(path))
+    model = load_onnx(path)
+    assert model.proto.ir_version == 4
+    assert [v.name for v in model.proto.graph.input] == ["x"]
+    assert model.io.input_names == ["x"]  # the signature inferopt shows is unchanged
+    assert model.run({"x": _X})["y"].tolist() == [[1.0, 2.0, 3.0]] * 2
+    # Same meaning as ONNX Runtime gives the IR-3 file: the weight is no input one may feed.
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for run in (original.run, lambda names, feeds: model.run(feeds)):
+        with pytest.raises(Exception, match="Invalid input name: scale"):
+            run(None, {"x": _X, "scale": _OTHER_SCALE})
+
+
+def test_an_ir3_graph_a_pass_rewrote_is_valid_once_wrapped() -> None:
+    # What onnx-ir and onnxscript write: the IR-3 model's initializer, no longer an input.
+    rewritten = _scaled(ir_version=3, opset=9, listed=False)
+    with pytest.raises(onnx.checker.ValidationError, match="not in graph input"):
+        onnx.checker.check_model(rewritten)
+    model = from_proto(rewritten, Provenance("rewritten", "onnx"))
+    assert model.run({"x": _X})["y"].tolist() == [[1.0, 2.0, 3.0]] * 2
+    assert rewritten.ir_version == 3  # the caller's proto is not changed
+
+
+def test_an_input_with_a_default_keeps_its_meaning() -> None:
+    proto = _scaled(ir_version=8, opset=17)
+    assert modernize(proto) is proto  # IR>=4 models are taken as they are
+    model = from_proto(proto, Provenance("defaults", "onnx"))
+    assert [v.name for v in model.proto.graph.input] == ["x", "scale"]
+    assert model.io.input_names == ["x"]  # it has a default, so samples need not feed it
+    assert model.run({"x": _X})["y"].tolist() == [[1.0, 2.0, 3.0]] * 2
+    assert model.run({"x": _X, "scale": _OTHER_SCALE})["y"].tolist() == [[10.0] * 3] * 2

@@ -80,7 +80,7 @@ def _show_model(model: Model, out: Path, *, latency: bool = True) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from inferopt.sources import load
+    from inferopt.commands.inputs import load_model
 
     config = None
     if Path(args.source).is_dir() or ":" in args.source or zoo.is_zoo_name(args.source):
@@ -94,7 +94,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             rtol=args.rtol,
         )
     with console.status(f"importing {args.source} ..."):
-        model = load(args.source, export_config=config, fresh=True)
+        model = load_model(args.source, args, export_config=config, fresh=True)
     if args.batch_axis is not KEEP or args.seq_axis is not KEEP:
         batch = model.io.batch_axis if args.batch_axis is KEEP else args.batch_axis
         seq = model.io.seq_axis if args.seq_axis is KEEP else args.seq_axis
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from inferopt.commands import inputs
+
     export = sub.add_parser("export", help="import a model (ONNX, HF folder, zoo, factory) to ONNX")
     export.add_argument("source", help="model.onnx | HF folder | zoo name | pkg.module:factory")
     export.add_argument("--out", required=True, help="where to write the .onnx file")
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--atol", type=float, default=1e-4)
     export.add_argument("--rtol", type=float, default=1e-3)
     export.add_argument("--no-latency", action="store_true", help="skip the quick latency figure")
+    inputs.add_options(export)
     export.set_defaults(func=cmd_export)
 
     zoo_parser = sub.add_parser("zoo", help="the embedded default models")

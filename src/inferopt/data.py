@@ -7,16 +7,88 @@ costs what its real sentences cost, not a fixed maximum length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from inferopt.errors import InputError
-from inferopt.iospec import IOSpec
+from inferopt.iospec import IOSpec, pad_value_of
 
 LABELS_KEY = "labels"
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one-row feeds stack into a batch, and a batch's outputs split back into rows.
+
+    Each input's batch axis (None: one value shared by every row, such as a scalar setting),
+    sequence axis (padded on the right to the longest row) and pad value (a mask's padding
+    mark, else 0). Outputs are split along their own batch axes."""
+
+    batch: Mapping[str, int | None] = field(default_factory=dict)
+    seq: Mapping[str, int] = field(default_factory=dict)
+    pad: Mapping[str, float] = field(default_factory=dict)
+    default_seq: int | None = None  # for inputs not named above (a dataset without a model)
+
+    @staticmethod
+    def of(io: IOSpec) -> Layout:
+        specs = io.inputs + io.outputs
+        seq = {t.name: a for t in io.inputs if (a := io.seq_axis_of(t)) is not None}
+        return Layout(
+            batch={t.name: io.batch_axis_of(t.name) for t in specs},
+            seq=seq,
+            pad={t.name: pad_value_of(t) for t in io.inputs},
+        )
+
+    def batch_axis(self, name: str) -> int | None:
+        return self.batch.get(name, 0)
+
+    def seq_axis(self, name: str) -> int | None:
+        return self.seq.get(name, self.default_seq)
+
+    def stack(self, rows: Sequence[Feed]) -> Feed:
+        """One feed of `rows` (each one row), padded to the longest along sequence axes."""
+        return {name: self._stack_input(name, [r[name] for r in rows]) for name in rows[0]}
+
+    def _stack_input(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        axis = self.batch_axis(name)
+        if axis is None:  # shared by every row: they must agree
+            if any(not np.array_equal(a, arrays[0]) for a in arrays[1:]):
+                raise InputError(f"input {name!r} has no batch axis but differs between rows")
+            return arrays[0]
+        seq = self.seq_axis(name)
+        if seq is not None and len({a.shape[seq] for a in arrays}) > 1:
+            longest = max(a.shape[seq] for a in arrays)
+            arrays = [_pad_to(a, seq, longest, self.pad.get(name, 0.0)) for a in arrays]
+        return np.concatenate(arrays, axis=axis)
+
+    def row(
+        self, outputs: Mapping[str, Any], index: int, alone: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Row `index` of a batch's outputs, cut to the shape the row has when run alone (a
+        token-level output of a padded batch is longer than the row's own)."""
+        found = {}
+        for name, value in outputs.items():
+            axis = self.batch_axis(name)
+            if not isinstance(value, np.ndarray) or axis is None:
+                found[name] = value[index] if isinstance(value, list) else value
+                continue
+            part = np.take(value, [index], axis=axis)
+            target = getattr(alone.get(name), "shape", part.shape)
+            if len(target) == part.ndim:
+                part = part[tuple(slice(0, n) for n in target)]
+            found[name] = part
+        return found
+
+
+def _pad_to(array: np.ndarray, axis: int, length: int, value: float) -> np.ndarray:
+    width = [(0, 0)] * array.ndim
+    width[axis] = (0, length - array.shape[axis])
+    return np.pad(array, width, constant_values=np.asarray(value).astype(array.dtype))
 
 
 @dataclass(frozen=True)
@@ -24,6 +96,7 @@ class Dataset:
     samples: tuple[dict[str, np.ndarray], ...]  # one example each, batch axis 0 of size 1
     labels: np.ndarray | None = None  # one label per sample, when the task has them
     seq_axis: int | None = None  # the axis padded by batch(), for variable-length inputs
+    layout: Layout | None = None  # the model's own (batch axes, pad values); else uniform
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -76,12 +149,20 @@ class Dataset:
 
     def subset(self, indices: Sequence[int]) -> Dataset:
         labels = self.labels[list(indices)] if self.labels is not None else None
-        return Dataset(tuple(self.samples[i] for i in indices), labels, self.seq_axis)
+        return replace(self, samples=tuple(self.samples[i] for i in indices), labels=labels)
+
+    def for_model(self, io: IOSpec) -> Dataset:
+        """This data batched as the model wants (its batch axes, sequence axis, pad values)."""
+        return replace(self, seq_axis=io.seq_axis, layout=Layout.of(io))
+
+    @property
+    def stacking(self) -> Layout:
+        return self.layout or Layout(default_seq=self.seq_axis)
 
     def batch(self, indices: Sequence[int] | range) -> dict[str, np.ndarray]:
-        """The samples at `indices` as one feed, padded with zeros along the sequence axis."""
-        chosen = [self.samples[i] for i in indices]
-        return {name: _stack([s[name] for s in chosen], self.seq_axis) for name in chosen[0]}
+        """The samples at `indices` as one feed, padded along the sequence axis (with each
+        input's pad value: a mask marks the padding)."""
+        return self.stacking.stack([self.samples[i] for i in indices])
 
     def spread(self, count: int) -> list[dict[str, np.ndarray]]:
         """Up to `count` one-example feeds evenly spread over the set (the first samples of a
@@ -115,15 +196,3 @@ class Dataset:
                         f"data input {t.name!r} has shape {list(array.shape)}, "
                         f"model wants {list(t.shape)}"
                     )
-
-
-def _stack(arrays: list[np.ndarray], seq_axis: int | None) -> np.ndarray:
-    if seq_axis is None or len({a.shape[seq_axis] for a in arrays}) == 1:
-        return np.concatenate(arrays, axis=0)
-    longest = max(a.shape[seq_axis] for a in arrays)
-    padded = []
-    for a in arrays:
-        width = [(0, 0)] * a.ndim
-        width[seq_axis] = (0, longest - a.shape[seq_axis])
-        padded.append(np.pad(a, width))
-    return np.concatenate(padded, axis=0)

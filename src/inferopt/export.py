@@ -77,6 +77,9 @@ def export_module(
         provenance = Provenance(label, kind, exporter, note)
         model = from_proto(proto, provenance)
         model = model.with_io(_io_from_examples(model.io, feeds, config.batch_axis, seq_axis))
+        # What the examples do not tell (a mask's convention, an id table's size) is found
+        # from the graph and by running it, so generated inputs are valid for the model.
+        model = model.with_found_inputs(adapt_axes=False)  # parity checks the axes
         if config.check_parity:
             report = check_against_module(model, module, config, feeds, label)
             model = replace(model, provenance=replace(provenance, parity=report))

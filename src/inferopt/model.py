@@ -14,6 +14,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from inferopt import iospec as iospec_mod
+from inferopt.compat import modernize
+from inferopt.discovery import needs_discovery
 from inferopt.errors import ModelLoadError
 from inferopt.iospec import IOSpec
 from inferopt.parity import ParityReport
@@ -79,9 +81,23 @@ class Model:
     def run(
         self, feeds: dict[str, np.ndarray], config: SessionConfig | None = None
     ) -> dict[str, np.ndarray]:
+        """Outputs by name. Float feeds are cast to the float type each input declares, so
+        the same feeds run a model whose inputs became float16 (fp16:keep_io_types=false)."""
         session = self.session(config)
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True))
+        return dict(zip(names, session.run(names, _cast_floats(session, feeds)), strict=True))
+
+    def with_found_inputs(
+        self, shapes: dict[str, tuple[int, ...]] | None = None, *, adapt_axes: bool = True
+    ) -> Model:
+        """This model with the inputs it accepts found from its graph and by running it
+        (see inferopt.discovery); `shapes` are sizes the user stated (--input-shape)."""
+        from inferopt import discovery
+
+        io, stated = discovery.state_shapes(self.io, shapes or {})
+        runner = discovery.session_runner(self.session())
+        found = discovery.discover(runner, self.proto, io, stated, adapt_axes=adapt_axes)
+        return self.with_io(found.io)
 
     def save(self, path: str | Path) -> Path:
         """Write the model with its IOSpec and provenance in the file's metadata."""
@@ -100,6 +116,23 @@ class Model:
         return proto
 
 
+_FLOAT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+
+def _cast_floats(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    wanted = {i.name: _FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
+    cast = {}
+    for name, value in feeds.items():
+        dtype = wanted.get(name)
+        is_float = isinstance(value, np.ndarray) and value.dtype.kind == "f"
+        cast[name] = value.astype(dtype) if dtype and is_float and value.dtype != dtype else value
+    return cast
+
+
 def _read_provenance(proto: onnx.ModelProto, default: Provenance) -> Provenance:
     for prop in proto.metadata_props:
         if prop.key == PROVENANCE_KEY:
@@ -109,6 +142,7 @@ def _read_provenance(proto: onnx.ModelProto, default: Provenance) -> Provenance:
 
 def from_proto(proto: onnx.ModelProto, provenance: Provenance, *, verify: bool = True) -> Model:
     """Wrap a proto; with `verify`, check it and make sure ONNX Runtime can load it."""
+    proto = modernize(proto)  # old IR rules the graph passes cannot keep (see compat)
     sessions: dict[str, Any] = {}
     if verify:
         _check(proto, provenance.source)
@@ -118,8 +152,12 @@ def from_proto(proto: onnx.ModelProto, provenance: Provenance, *, verify: bool =
     return Model(proto, iospec_mod.from_onnx(proto), provenance, sessions)
 
 
-def load_onnx(path: str | Path, *, verify: bool = True) -> Model:
-    """Read an .onnx file (with its external-data files beside it)."""
+def load_onnx(
+    path: str | Path, *, verify: bool = True, shapes: dict[str, tuple[int, ...]] | None = None
+) -> Model:
+    """Read an .onnx file (with its external-data files beside it). With `verify`, a model
+    from elsewhere (no inferopt metadata) gets the inputs it accepts found by running it;
+    `shapes` are input sizes the user stated (--input-shape)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -135,7 +173,10 @@ def load_onnx(path: str | Path, *, verify: bool = True) -> Model:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read it as ONNX: {exc}") from exc
     provenance = _read_provenance(proto, Provenance(source=str(path), kind="onnx"))
-    return from_proto(proto, provenance, verify=verify)
+    model = from_proto(proto, provenance, verify=verify)
+    if verify and (shapes or needs_discovery(model.io)):
+        model = model.with_found_inputs(shapes)
+    return model
 
 
 def _check(proto: onnx.ModelProto, source: str) -> None:

@@ -21,8 +21,13 @@ class OutputParity:
     max_abs_error: float  # inf when the shapes differ
     max_rel_error: float  # max abs error over the reference's largest magnitude
     within_tolerance: bool
+    # Shares of NaN/Inf values: a non-finite value never agrees, even with another NaN.
+    reference_nonfinite: float = 0.0
+    candidate_nonfinite: float = 0.0
 
     def describe(self) -> str:
+        if self.reference_nonfinite or self.candidate_nonfinite:
+            return f"output {self.name!r}: {nonfinite_text(self)}"
         if self.reference_shape != self.candidate_shape:
             return (
                 f"output {self.name!r} has shape {list(self.candidate_shape)}, "
@@ -88,16 +93,36 @@ def compare_outputs(
     )
 
 
+def nonfinite_share(values: np.ndarray) -> float:
+    """The share of NaN and Inf among `values` (0 for non-float arrays)."""
+    if values.dtype.kind not in "fc" or not values.size:
+        return 0.0
+    return float(np.count_nonzero(~np.isfinite(values)) / values.size)
+
+
+def nonfinite_text(o: OutputParity) -> str:
+    parts = []
+    if o.reference_nonfinite:
+        parts.append(f"{o.reference_nonfinite:.1%} of the reference's values are NaN/Inf")
+    if o.candidate_nonfinite:
+        parts.append(f"{o.candidate_nonfinite:.1%} of the candidate's values are NaN/Inf")
+    return "; ".join(parts) + " (a non-finite value never counts as agreement)"
+
+
 def _compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputParity:
     ref_shape, got_shape = tuple(ref.shape), tuple(got.shape)
     if ref_shape != got_shape:
         return OutputParity(name, ref_shape, got_shape, float("inf"), float("inf"), False)
+    bad_ref, bad_got = nonfinite_share(ref), nonfinite_share(got)
+    if bad_ref or bad_got:
+        inf = float("inf")
+        return OutputParity(name, ref_shape, got_shape, inf, inf, False, bad_ref, bad_got)
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     diff = np.abs(ref64 - got64)
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(ref64).max()) if ref64.size else 0.0
     max_rel = max_abs / scale if scale > 0 else max_abs
-    ok = bool(np.allclose(got64, ref64, atol=atol, rtol=rtol, equal_nan=True))
+    ok = bool(np.allclose(got64, ref64, atol=atol, rtol=rtol))
     return OutputParity(name, ref_shape, got_shape, max_abs, max_rel, ok)
 
 
@@ -107,6 +132,16 @@ def require(report: ParityReport, label: str) -> None:
         return
     bad = next(o for o in report.outputs if not o.within_tolerance)
     where = f"batch {report.batch}" + (f", sequence length {report.seq}" if report.seq else "")
+    if bad.reference_nonfinite:
+        raise ParityError(
+            f"{label}: output {bad.name!r} of the source model itself is not finite at {where} "
+            f"on generated inputs ({bad.reference_nonfinite:.1%} NaN/Inf); the inputs are "
+            "likely wrong for it (a mask, ids, a scalar): give real example inputs"
+        )
+    if bad.candidate_nonfinite:
+        raise ParityError(
+            f"{label}: the ONNX model disagrees with its source at {where}: {bad.describe()}"
+        )
     raise ParityError(
         f"{label}: the ONNX model disagrees with its source at {where}: {bad.describe()} "
         f"(tolerance atol={report.atol:g}, rtol={report.rtol:g}); "

@@ -4,9 +4,11 @@ cost and saved, measured here. One straight line of named stages. The search
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from inferopt import artifact, hardware, zoo
 from inferopt.data import Dataset
@@ -14,7 +16,15 @@ from inferopt.errors import InputError
 from inferopt.model import Model
 from inferopt.passes.base import PassContext
 from inferopt.passes.recipe import Recipe
-from inferopt.search.evaluate import Evaluation, MetricName, evaluate, metric_for, outputs
+from inferopt.search.evaluate import Evaluation, MetricName, evaluate, metric_for
+from inferopt.search.fidelity import (
+    checks,
+    condition_lines,
+    describe_checks,
+    noise_floor,
+    run_outputs,
+)
+from inferopt.search.metric import Metric
 from inferopt.sources import load
 
 EVAL_EVERY = 5  # from a user's data file, every 5th sample is held out for evaluation
@@ -37,15 +47,15 @@ class RecipeResult:
     evaluation: Evaluation
     data_origin: str
     notes: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)  # what fidelity was measured on
     out: Path | None = None
 
 
 def resolve_data(model: Model, data_path: str | Path | None) -> Data:
     """The user's .npz (split deterministically), else the zoo model's own data, else
-    generated inputs (and the report says so)."""
+    generated inputs (and the report says so). Every set batches as the model wants."""
     if data_path is not None:
-        data = Dataset.from_npz(data_path)
-        data = Dataset(data.samples, data.labels, model.io.seq_axis)
+        data = Dataset.from_npz(data_path).for_model(model.io)
         data.check_against(model.io)
         if len(data) < 2 * EVAL_EVERY:
             raise InputError(f"{data_path}: {len(data)} samples; at least {2 * EVAL_EVERY} needed")
@@ -55,13 +65,20 @@ def resolve_data(model: Model, data_path: str | Path | None) -> Data:
         return Data(data.subset(rest), evaluation, metric_for(evaluation, model), str(data_path))
     if model.provenance.kind == "zoo" and zoo.is_zoo_name(model.provenance.source):
         own = zoo.get(model.provenance.source).data()
-        return Data(own.calibration, own.evaluation, own.metric, f"zoo {model.provenance.source}")
-    generated = Dataset(
-        tuple(model.io.sample_inputs(batch=1, seq=32, seed=s) for s in range(GENERATED_SAMPLES)),
-        None,
-        model.io.seq_axis,
-    )
+        calibration, evaluation = (d.for_model(model.io) for d in (own.calibration, own.evaluation))
+        return Data(calibration, evaluation, own.metric, f"zoo {model.provenance.source}")
+    generated = Dataset(tuple(generated_samples(model, GENERATED_SAMPLES))).for_model(model.io)
     return Data(generated, generated, "agreement", GENERATED_ORIGIN)
+
+
+def generated_samples(model: Model, count: int) -> list[dict[str, np.ndarray]]:
+    """One-row generated inputs; for a sequence model, of mixed lengths (4 to 48), so that
+    padded batches of them have real padding in them."""
+    has_seq = model.io.seq_axis is not None
+    return [
+        model.io.sample_inputs(batch=1, seq=4 + (11 * s) % 45 if has_seq else 32, seed=s)
+        for s in range(count)
+    ]
 
 
 def apply(recipe: Recipe, model: Model, context: PassContext) -> Model:
@@ -112,6 +129,7 @@ def manifest(result: RecipeResult, recipe: Recipe, source: str) -> dict[str, Any
         "provenance": result.model.provenance.to_json(),
         "evaluation": result.evaluation.to_json(),
         "data": result.data_origin,
+        "checks": result.checks,
         "notes": result.notes,
         "hardware": hardware.probe().to_json(),
         "hardware_fingerprint": hardware.probe().fingerprint(),
@@ -121,16 +139,19 @@ def manifest(result: RecipeResult, recipe: Recipe, source: str) -> dict[str, Any
 def report_text(result: RecipeResult, recipe: Recipe, source: str) -> str:
     e = result.evaluation
     f, lat = e.fidelity, e.latency
+    task = (
+        f", top-1 {f.task_score:.4f} (baseline {f.baseline_task_score:.4f})"
+        if f.task_score is not None
+        else ""
+    )
     lines = [
         f"# {source}: {recipe.text()}",
         "",
-        f"- fidelity ({f.metric}, {result.data_origin}): cosine to baseline {f.cosine:.4f}, "
-        f"agreement {f.agreement:.4f}"
-        + (
-            f", top-1 {f.task_score:.4f} (baseline {f.baseline_task_score:.4f})"
-            if f.task_score is not None
-            else ""
-        ),
+        f"- fidelity ({f.metric}, {result.data_origin}): drop {f.drop:.4f} "
+        f"[up to {f.drop_high:.4f} at 95%], worst: {f.decided_by()}",
+        f"- cosine to baseline {f.cosine:.4f}, agreement {f.agreement:.4f}{task}",
+        *[f"- {line}" for line in condition_lines(f)],
+        f"- checked on: {describe_checks(result.checks)}" if result.checks else "",
         f"- latency at batch 1: {lat.candidate_ms:.2f} ms vs {lat.baseline_ms:.2f} ms, "
         f"{lat.speedup:.2f}x (interleaved, {lat.rounds} rounds x {lat.samples} samples, "
         f"ratio spread {lat.ratio_spread:.1%})",
@@ -138,7 +159,7 @@ def report_text(result: RecipeResult, recipe: Recipe, source: str) -> str:
         f"({e.size_ratio:.2f}x)",
     ]
     lines += [f"- note: {n}" for n in result.notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line for line in lines if line != "") + "\n"
 
 
 def optimize_recipe(
@@ -148,25 +169,32 @@ def optimize_recipe(
     *,
     data: str | Path | None = None,
     example_inputs: Any = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    channel_axes: dict[str, int | None] | None = None,
 ) -> RecipeResult:
     """Load, apply the recipe, evaluate against the input model (the source as exported,
-    untouched by the recipe's PyTorch steps), write the artifact."""
+    untouched by the recipe's PyTorch steps): fidelity alone and in batches, every output and
+    channel, with intervals and the metric's noise floor; write the artifact."""
     recipe = Recipe.parse(recipe) if isinstance(recipe, str) else recipe
     if out is not None:
         artifact.check_destination(Path(out))
-    baseline = load(source, example_inputs)
+    baseline = load(source, example_inputs, shapes=shapes)
     chosen = resolve_data(baseline, data)
     notes: list[str] = []
     optimized = build_candidate(
         source, recipe, chosen, baseline=baseline, example_inputs=example_inputs, notes=notes
     )
-    reference = outputs(baseline, chosen.evaluation)
-    evaluation = evaluate(optimized, baseline, reference, chosen.evaluation, chosen.metric)
-    result = RecipeResult(optimized, baseline, evaluation, chosen.origin, notes)
+    reference = run_outputs(baseline, chosen.evaluation)
+    judge = Metric.resolve(chosen.metric, chosen.evaluation, baseline).judge(
+        chosen.evaluation, reference, channel_axes
+    )
+    evaluation = evaluate(optimized, baseline, reference, chosen.evaluation, judge)
+    checked = checks(judge, chosen.evaluation, reference, noise_floor(judge, reference))
+    result = RecipeResult(optimized, baseline, evaluation, chosen.origin, notes, checked)
     if out is None:
         return result
     label = str(source) if isinstance(source, str | Path) else type(source).__name__
     artifact.write(
         Path(out), optimized, manifest(result, recipe, label), report_text(result, recipe, label)
     )
-    return RecipeResult(optimized, baseline, evaluation, chosen.origin, notes, Path(out))
+    return replace(result, out=Path(out))

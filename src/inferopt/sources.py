@@ -21,21 +21,28 @@ def load(
     *,
     export_config: Any = None,
     fresh: bool = False,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Model:
     """Import `source` as a Model. Anything exported from PyTorch is parity-checked on a batch
-    size and sequence length unlike the example's. `export_config` is an ExportConfig."""
+    size and sequence length unlike the example's. `export_config` is an ExportConfig;
+    `shapes` are input sizes the user stated (`--input-shape`), which generated inputs keep."""
     if isinstance(source, str | Path):
-        return _load_named(str(source), export_config, fresh)
-    if _is_torch_module(source):
+        path = Path(source)
+        if path.suffix == ".onnx" or (path.is_dir() and (path / "model.onnx").is_file()):
+            return load_onnx(path / "model.onnx" if path.is_dir() else path, shapes=shapes)
+        model = _load_named(str(source), export_config, fresh)
+    elif _is_torch_module(source):
         if example_inputs is None:
             raise ModelLoadError(
                 f"{type(source).__name__}: a PyTorch module needs example_inputs to export"
             )
-        return _export(source, example_inputs, export_config, source=type(source).__name__)
-    raise ModelLoadError(
-        f"cannot load a {type(source).__name__}: give a path, a zoo name, "
-        "'pkg.module:factory' or an nn.Module with example inputs"
-    )
+        model = _export(source, example_inputs, export_config, source=type(source).__name__)
+    else:
+        raise ModelLoadError(
+            f"cannot load a {type(source).__name__}: give a path, a zoo name, "
+            "'pkg.module:factory' or an nn.Module with example inputs"
+        )
+    return model.with_found_inputs(shapes) if shapes else model
 
 
 def _load_named(source: str, export_config: Any, fresh: bool) -> Model:

@@ -33,7 +33,7 @@ class Crash(Pass):
 
 def test_verification_catches_a_broken_pass() -> None:
     model = model_of(mlp())
-    with pytest.raises(PassError, match=r"pass 'scale-weights' changed output 'y' by up to"):
+    with pytest.raises(PassError, match=r"pass 'scale-weights' changed output 'y' at row 0 by up to"):
         ScaleWeights()(model, PassContext.for_model(model))
 
 

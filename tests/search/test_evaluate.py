@@ -5,7 +5,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inferopt.data import Dataset
 from inferopt.model import Provenance, from_proto
-from inferopt.search.evaluate import compare_latency, measure_fidelity, metric_for, outputs
+from inferopt.search.evaluate import compare_latency, metric_for
+from inferopt.search.fidelity import Judge, run_outputs
 
 
 def _linear(scale: float = 1.0, repeat: int = 1):  # type: ignore[no-untyped-def]
@@ -34,18 +35,20 @@ def test_metric_follows_labels_and_output_shape() -> None:
 
 def test_identical_model_has_perfect_fidelity_and_scaled_logits_keep_top1() -> None:
     data = _data(labels=True)
-    reference = outputs(_linear(), data)
-    fid = measure_fidelity(_linear(scale=3.0), reference, data, "top1")
+    reference = run_outputs(_linear(), data)
+    judge = Judge("top1", "top1", data.labels)
+    fid = judge.measure(run_outputs(_linear(scale=3.0), data), reference)
     assert fid.cosine > 0.9999 and fid.agreement == 1.0
-    assert fid.task_score == fid.baseline_task_score == 1.0 and fid.drop == 0.0
+    assert fid.task_score == fid.baseline_task_score == 1.0 and fid.metric_drop == 0.0
+    # Scaled logits keep every decision, but every value is off by 3x: the channels see it.
+    assert fid.channel_drop > 0.5
 
 
 def test_embedding_fidelity_detects_a_changed_model() -> None:
     data = _data(labels=False)
-    reference = outputs(_linear(), data)
-    flipped = _linear(scale=-1.0)
-    fid = measure_fidelity(flipped, reference, data, "embedding")
-    assert fid.cosine < -0.99
+    reference = run_outputs(_linear(), data)
+    fid = Judge("embedding", "embedding").measure(run_outputs(_linear(scale=-1.0), data), reference)
+    assert fid.cosine < -0.99 and fid.drop == 1.0
 
 
 def test_latency_comparison_sees_a_slower_model() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from inferopt.data import Dataset
 from inferopt.errors import InputError
+from inferopt.search.fidelity import Outputs
 from inferopt.search.metric import Metric
 from inferopt.sources import load
 
@@ -18,14 +19,20 @@ def mlp_and_data() -> tuple[object, Dataset]:
     return model, Dataset.from_arrays({"image": x}, rng.integers(0, 10, 20))
 
 
+def _rows(logits: np.ndarray) -> Outputs:
+    return Outputs([{"logits": row[None]} for row in logits], None)
+
+
 def test_user_function_scores_candidate_and_baseline(mlp_and_data) -> None:  # type: ignore[no-untyped-def]
     model, data = mlp_and_data
     metric = Metric.resolve("user_metrics:accuracy", data, model)
     logits = np.eye(10, dtype=np.float32)[np.asarray(data.labels)]
-    fid = metric.fidelity(logits, logits[::-1].copy(), data)
+    reference = _rows(logits[::-1].copy())
+    fid = metric.judge(data, reference).measure(_rows(logits), reference)
     assert fid.task_score == 1.0
     assert fid.baseline_task_score is not None and fid.baseline_task_score < 1.0
-    assert metric.baseline_score(logits, data) == 1.0
+    assert fid.metric_drop < 0  # the candidate scores better than the reference here
+    assert metric.baseline_score(_rows(logits), data) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -43,7 +50,7 @@ def test_broken_metrics_are_named_in_the_error(mlp_and_data, spec: str, message:
     model, data = mlp_and_data
     with pytest.raises(InputError, match=message):
         metric = Metric.resolve(spec, data, model)
-        metric.baseline_score(np.zeros((len(data), 10), dtype=np.float32), data)
+        metric.baseline_score(_rows(np.zeros((len(data), 10), dtype=np.float32)), data)
 
 
 def test_top1_without_labels_is_refused(mlp_and_data) -> None:  # type: ignore[no-untyped-def]

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from inferopt import zoo
+from inferopt.commands import inputs
 from inferopt.passes.recipe import PASSES, RecipeError
-from inferopt.search.select import OBJECTIVES
+from inferopt.search.select import OBJECTIVES, RULES
+
+if TYPE_CHECKING:
+    from inferopt.recipes import RecipeResult
 
 console = Console()
 EXIT_NONE_WITHIN_BUDGET = 1  # the closest candidates are written; none is within budget
@@ -33,6 +37,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--out", help="artifact folder to write (default: optimized/MODEL)")
     parser.add_argument("--data", help=".npz with inputs keyed by name (and optional labels)")
+    inputs.add_shape_option(parser)
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--recipe", help="comma-separated passes, in order (no search)")
     how.add_argument("--recipe-from", help="an artifact's inferopt.json: apply its recipe again")
@@ -43,6 +48,16 @@ def add_parser(subparsers: Any) -> None:
         help="accuracy budget: 0.5%% (relative) "
         "or 0.005 (absolute, in the metric's units) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--channel-axis", action="append", default=[], metavar="OUTPUT:AXIS",
+        help="the axis of OUTPUT whose entries are compared one by one (default: the last; "
+        "none: the whole output as one); repeatable",
+    )  # fmt: skip
+    search.add_argument(
+        "--budget-rule", choices=RULES, default="upper",
+        help="upper: within budget only when the drop's 95%% interval is (default); "
+        "point: when the measured drop is",
+    )  # fmt: skip
     search.add_argument(
         "--metric",
         help="top1 | embedding | agreement | module:function "
@@ -97,13 +112,15 @@ def run_recipe(args: argparse.Namespace) -> int:
     model = model or zoo.DEFAULT
     out = args.out or default_out(model)
     with console.status(f"applying {recipe.text()} to {model} and measuring ..."):
-        result = optimize_recipe(model, recipe, out, data=args.data)
-    show(
-        result.evaluation,
-        [s for s in result.model.provenance.steps],
-        result.notes,
-        result.data_origin,
-    )
+        result = optimize_recipe(
+            model,
+            recipe,
+            out,
+            data=args.data,
+            shapes=inputs.shapes(args),
+            channel_axes=channel_axes(args),
+        )
+    show(result)
     console.print(f"wrote {result.out}/model.onnx, inferopt.json, report.md")
     return 0
 
@@ -114,7 +131,8 @@ def run_search(args: argparse.Namespace) -> int:
     from inferopt.search.select import Budget
 
     config = SearchConfig(
-        max_drop=Budget.parse(args.max_drop),
+        max_drop=Budget.parse(args.max_drop, args.budget_rule),
+        channel_axes=channel_axes(args),
         objective=args.objective,
         time_budget_s=args.time_budget,
         metric=args.metric,
@@ -126,7 +144,12 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         with console.status(f"optimizing {model}: measuring the baseline ...") as status:
             result = optimize(
-                model, out, data=args.data, config=config, progress=lambda m: status.update(m)
+                model,
+                out,
+                data=args.data,
+                config=config,
+                progress=lambda m: status.update(m),
+                shapes=inputs.shapes(args),
             )
     except KeyboardInterrupt:
         console.print(
@@ -136,6 +159,12 @@ def run_search(args: argparse.Namespace) -> int:
         raise
     view.show(result, console)
     return 0 if result.chosen is not None else EXIT_NONE_WITHIN_BUDGET
+
+
+def channel_axes(args: argparse.Namespace) -> dict[str, int | None]:
+    from inferopt.search.metric import parse_channel_axis
+
+    return dict(parse_channel_axis(text) for text in args.channel_axis)
 
 
 def default_out(model: str) -> str:
@@ -155,17 +184,28 @@ def _step_summary(step: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def show(evaluation: Any, steps: list[dict[str, Any]], notes: list[str], origin: str) -> None:
+def show(result: RecipeResult) -> None:
+    from inferopt.search.fidelity import condition_lines, describe_checks
+
+    evaluation = result.evaluation
     table = Table(show_header=False, title="result", title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    for step in steps:
+    for step in result.model.provenance.steps:
         table.add_row(f"pass {step['pass']}", Text(_step_summary(step)))
     f, lat = evaluation.fidelity, evaluation.latency
-    fid = f"cosine {f.cosine:.4f}, agreement {f.agreement:.4f} ({f.metric}; {origin})"
-    if f.task_score is not None:
-        fid += f"; top-1 {f.task_score:.4f} vs {f.baseline_task_score:.4f}"
+    fid = f"drop {f.drop:.4f} (up to {f.drop_high:.4f} at 95%); worst: {f.decided_by()}"
     table.add_row("fidelity", Text(fid))
+    summary = (
+        f"cosine {f.cosine:.4f}, agreement {f.agreement:.4f} ({f.metric}; {result.data_origin})"
+    )
+    if f.task_score is not None:
+        summary += f"; top-1 {f.task_score:.4f} vs {f.baseline_task_score:.4f}"
+    table.add_row("", Text(summary))
+    for line in condition_lines(f):
+        table.add_row("", Text(line))
+    if result.checks:
+        table.add_row("checked on", Text(describe_checks(result.checks)))
     table.add_row(
         "latency",
         Text(
@@ -174,6 +214,6 @@ def show(evaluation: Any, steps: list[dict[str, Any]], notes: list[str], origin:
         ),
     )
     table.add_row("size", Text(f"{evaluation.size_ratio:.2f}x of the input"))
-    for note in notes:
+    for note in result.notes:
         table.add_row("note", Text(note))
     console.print(table)

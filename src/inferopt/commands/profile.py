@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from inferopt import zoo
+from inferopt.commands import inputs
 from inferopt.errors import InputError
 from inferopt.measure.config import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS, ProfileConfig
 from inferopt.model import Model
@@ -49,6 +50,7 @@ def add_parser(subparsers: Any) -> None:
         p.add_argument(*names, dest=field, type=parse, default=argparse.SUPPRESS, help=text)
     for name, field, action, text in SWITCHES:
         p.add_argument(name, dest=field, action=action, default=argparse.SUPPRESS, help=text)
+    inputs.add_options(p)
     p.add_argument("--json", metavar="FILE", help="write the measurement (documented schema)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
     p.set_defaults(func=run)
@@ -138,7 +140,6 @@ def config_from(args: argparse.Namespace) -> ProfileConfig:
 
 def run(args: argparse.Namespace) -> int:
     from inferopt.measure.pipeline import compare, profile
-    from inferopt.sources import load
 
     config = config_from(args)
     console = Console()
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     models: list[Model] = []
     for source in sources:
         with console.status(f"loading {source} ..."):
-            models.append(load(source))
+            models.append(inputs.load_model(source, args))
     with RichProgress(console) as progress:
         record: Measurement | Comparison = (
             compare(models[0], models[1], config, progress)

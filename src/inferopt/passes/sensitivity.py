@@ -1,8 +1,10 @@
 """Which quantized nodes cost the most fidelity, and how many to keep in float.
 
-Each candidate node is quantized alone and the model's output compared with the float model's
-(1 - mean cosine on sample inputs): a direct measure of that node's damage, where proxies like
-weight SQNR miss activation outliers. Nodes are then returned to float, most sensitive first,
+Each candidate node is quantized alone and the model's outputs compared with the float model's,
+every output and every channel on its own scale (measure.channels; the worst channel's drop,
+comparable to 1 - cosine): a direct measure of that node's damage, where proxies like weight
+SQNR miss activation outliers, and a whole-output cosine misses a small channel beside large
+ones. Nodes are then returned to float, most sensitive first,
 until the quantized model meets the fidelity target; the number kept in float is found by
 bisection over that ranking."""
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from inferopt.measure.fidelity import mean_cosine
+from inferopt.measure.channels import compare_outputs
 from inferopt.model import Model, Provenance, from_proto
 
 # quantize(exclude, include) -> quantized proto
@@ -25,23 +27,27 @@ Quantizer = Callable[[tuple[str, ...], tuple[str, ...]], onnx.ModelProto]
 class Sensitivity:
     node: str
     op_type: str
-    error: float  # 1 - mean cosine of the model output when only this node is quantized
+    error: float  # the worst channel's drop (~1 - cosine) when only this node is quantized
 
 
-def _outputs(model: Model, feeds: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
-    first = model.io.output_names[0]
-    rows = [model.run(feed)[first] for feed in feeds]
-    return np.concatenate([r.reshape(r.shape[0], -1) for r in rows])
+Rows = list[dict[str, np.ndarray]]
+
+
+def _outputs(model: Model, feeds: Sequence[dict[str, np.ndarray]]) -> Rows:
+    """Every float output of every feed (ids and labels are not compared here)."""
+    rows = [model.run(feed) for feed in feeds]
+    return [{k: v for k, v in r.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+            for r in rows]  # fmt: skip
 
 
 def _error(
     proto: onnx.ModelProto,
-    reference: np.ndarray,
+    reference: Rows,
     base: Model,
     feeds: Sequence[dict[str, np.ndarray]],
 ) -> float:
     candidate = from_proto(proto, Provenance(base.name, "candidate"), verify=False).with_io(base.io)
-    return 1.0 - mean_cosine(reference, _outputs(candidate, feeds))
+    return compare_outputs(reference, _outputs(candidate, feeds), resamples=1).drop
 
 
 def rank(
@@ -66,8 +72,9 @@ def smallest_fallback(
     feeds: Sequence[dict[str, np.ndarray]],
     target_cosine: float,
 ) -> tuple[int, float]:
-    """The fewest top-ranked nodes to keep in float so that the model's mean cosine to the
-    float model reaches `target_cosine`, and the cosine reached."""
+    """The fewest top-ranked nodes to keep in float so that the model's agreement with the
+    float model (1 - the worst channel's drop, a cosine on each channel's own scale) reaches
+    `target_cosine`, and the agreement reached."""
     reference = _outputs(model, feeds)
     names = tuple(s.node for s in ranking)
     cache: dict[int, float] = {}

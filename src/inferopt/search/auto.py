@@ -24,7 +24,8 @@ from inferopt.passes.base import PassContext
 from inferopt.passes.recipe import Recipe
 from inferopt.recipes import resolve_data
 from inferopt.search import space, training, write
-from inferopt.search.evaluate import MIN_ROUND_S, outputs
+from inferopt.search.evaluate import MIN_ROUND_S
+from inferopt.search.fidelity import Fidelity, checks, noise_floor, run_outputs
 from inferopt.search.metric import Metric
 from inferopt.search.screen import FULL_FEEDS, FULL_ROUNDS, Bench, confirm, memory_bytes, screen
 from inferopt.search.select import OBJECTIVES, Budget, Choice, Objective, Scored, choose
@@ -49,6 +50,8 @@ class SearchConfig:
     shortlist: int = 3  # candidates given the full interleaved comparison
     fresh: bool = False  # measure again candidates that an earlier run finished
     training: bool = True  # try pruning and distillation when the source can be trained
+    # output -> its channel axis (None: the whole output is one channel); default: the last
+    channel_axes: dict[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -65,6 +68,7 @@ class BaselineFigures:
     score: float  # the metric's value for the baseline (what relative budgets are taken of)
     memory_bytes: int | None
     seconds: float  # to load it and compute its reference outputs
+    noise: Fidelity | None = None  # the baseline batched against itself alone: the noise floor
 
 
 @dataclass
@@ -79,11 +83,12 @@ class SearchResult:
     chosen: Outcome | None = None
     threads: ThreadChoice | None = None
     skipped: list[str] = field(default_factory=list)  # left out for lack of time
+    checks: dict[str, Any] = field(default_factory=dict)  # what fidelity was measured on
     wall_s: float = 0.0
     out: Path | None = None
 
     def scored(self) -> list[Scored]:
-        return scored(self.outcomes, self.config.objective, self.baseline)
+        return scored(self.outcomes, self.config, self.baseline)
 
 
 class Clock:
@@ -115,6 +120,7 @@ def optimize(
     data: str | Path | None = None,
     config: SearchConfig = SearchConfig(),
     progress: Progress | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> SearchResult:
     """Search, choose, and (with `out`) write the artifact folder. The result says whether a
     candidate met the budget (`result.chosen`); when none did, `out` holds the closest ones."""
@@ -123,7 +129,7 @@ def optimize(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         artifact.check_destination(out_path)
-    bench, figures = prepare(source, data, config, clock)
+    bench, figures = prepare(source, data, config, clock, shapes)
     store = Store.for_search(
         bench.baseline, (bench.data.calibration, bench.data.evaluation), bench.metric.name
     )
@@ -131,6 +137,7 @@ def optimize(
     result = SearchResult(
         str(label), config, figures, bench.metric.name, bench.data.origin, [], Choice(None, (), ())
     )
+    result.checks = checks(bench.judge, bench.data.evaluation, bench.reference, figures.noise)
     best_so_far = write.BestSoFar(out_path, result)
     facts = space.Facts.of(bench.baseline, has_data=True, trainable=_trainable(source, config))
     queue = space.candidates(facts, training.prefixes(bench.baseline) if facts.trainable else ())
@@ -157,23 +164,30 @@ def optimize(
 
 
 def prepare(
-    source: Any, data: str | Path | None, config: SearchConfig, clock: Clock
+    source: Any,
+    data: str | Path | None,
+    config: SearchConfig,
+    clock: Clock,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[Bench, BaselineFigures]:
     """Load and measure the baseline; refuse a time budget it alone exhausts."""
-    baseline = load(source)
+    baseline = load(source, shapes=shapes)
     chosen = resolve_data(baseline, data)
     metric = Metric.resolve(config.metric, chosen.evaluation, baseline, chosen.metric)
     started = time.perf_counter()
-    reference = outputs(baseline, chosen.evaluation)
+    reference = run_outputs(baseline, chosen.evaluation)
     per_sample_s = (time.perf_counter() - started) / len(chosen.evaluation)
+    judge = metric.judge(chosen.evaluation, reference, config.channel_axes)
     context = PassContext.for_model(baseline, chosen.calibration)
     score = metric.baseline_score(reference, chosen.evaluation)
     limit = proxy_limit(config.max_drop, score)
     bench = Bench(
-        source, baseline, chosen, metric, reference, context, config.objective, per_sample_s, limit
-    )
+        source, baseline, chosen, metric, reference, judge, context, config.objective,
+        per_sample_s, limit,
+    )  # fmt: skip
     memory = memory_bytes(baseline, bench) if config.objective == "memory" else None
-    figures = BaselineFigures(baseline.size_bytes, score, memory, round(clock.elapsed(), 2))
+    noise = noise_floor(judge, reference)
+    figures = BaselineFigures(baseline.size_bytes, score, memory, round(clock.elapsed(), 2), noise)
     clock.reserve_s = MIN_RESERVE_S + (config.shortlist + 1) * confirm_cost(per_sample_s)
     if clock.elapsed() >= config.time_budget_s:
         raise InputError(
@@ -226,15 +240,16 @@ def run_candidates(
 
 def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candidate]]:
     """Deeper float fallback for the int8 recipes of `family` that missed the budget by the
-    least (screened out or not): tried right after their family, before costlier ones."""
+    least (screened out or not), then those whose pass failed its own check (a channel
+    damaged): tried right after their family, before costlier ones."""
     if not family.startswith("int8"):
         return []
     missed = [
-        (s.drop, o)
+        (s.drop if o.fidelity is not None else float("inf"), o)
         for o, s in zip(result.outcomes, result.scored(), strict=True)
         if o.family == family
-        and o.fidelity is not None
-        and not result.config.max_drop.allows(s.drop, result.baseline.score)
+        and "fallback" not in o.text
+        and (o.failed is not None or not result.config.max_drop.admits(s, result.baseline.score))
     ]
     missed.sort(key=lambda pair: pair[0])
     return [
@@ -244,8 +259,10 @@ def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candida
 
 
 def within_budget(result: SearchResult, outcome: Outcome) -> bool:
-    fid = outcome.fidelity
-    return fid is not None and result.config.max_drop.allows(fid.drop, result.baseline.score)
+    row = scored([outcome], result.config, result.baseline)[0]
+    return outcome.fidelity is not None and result.config.max_drop.admits(
+        row, result.baseline.score
+    )
 
 
 def confirm_shortlist(
@@ -283,15 +300,21 @@ def final_choice(result: SearchResult) -> Choice:
     return choose(rows, result.config.max_drop, result.baseline.score)
 
 
-def scored(outcomes: list[Outcome], objective: Objective, base: BaselineFigures) -> list[Scored]:
+def scored(outcomes: list[Outcome], config: SearchConfig, base: BaselineFigures) -> list[Scored]:
     """Every candidate as the selection rule sees it, aligned with `outcomes`. Failed ones
-    count as infinitely bad; screened-out ones carry the drop on the proxy sample."""
+    count as infinitely bad; screened-out ones carry the drop on the proxy sample. A drop is
+    the worst of the metric's and every channel's (search.fidelity), with its upper bound."""
     rows = []
+    relative = config.max_drop.relative
     for o in outcomes:
         if o.fidelity is None:  # failed: never within budget, last among the closest
             rows.append(Scored(o.text, float("inf"), 0.0, 1.0))
             continue
-        rows.append(Scored(o.text, o.fidelity.drop, gain(o, objective, base), _size_ratio(o, base)))
+        drop = o.fidelity.budget_drop(base.score, relative, upper=False)
+        high = o.fidelity.budget_drop(base.score, relative, upper=True)
+        rows.append(
+            Scored(o.text, drop, gain(o, config.objective, base), _size_ratio(o, base), high)
+        )
     return rows
 
 

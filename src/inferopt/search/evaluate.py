@@ -1,5 +1,5 @@
 """What a candidate costs and saves against its baseline, measured here: fidelity on held-out
-data, latency measured interleaved with the baseline, and size.
+data (search.fidelity), latency measured interleaved with the baseline, and size.
 
 Latency is compared, never taken alone: this machine is shared, so the two models run in
 alternating rounds over the same real inputs at batch 1, and the ratio of their median round
@@ -16,28 +16,12 @@ from typing import Any, Literal
 import numpy as np
 
 from inferopt.data import Dataset
-from inferopt.measure import fidelity
 from inferopt.model import Model
 from inferopt.runtime import SessionConfig
+from inferopt.search.fidelity import Fidelity, Judge, Outputs, run_outputs
 
 MetricName = Literal["top1", "embedding", "agreement"]
 MIN_ROUND_S = 0.05  # a latency round repeats its feeds at least this long: shorter is timer noise
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    metric: MetricName
-    cosine: float  # mean cosine of the first output to the baseline's
-    agreement: float  # top-1 agreement (top1), nearest-neighbour agreement (embedding), else cosine
-    task_score: float | None = None  # top-1 accuracy on the labels, when there are labels
-    baseline_task_score: float | None = None
-
-    @property
-    def drop(self) -> float:
-        """Loss in the model's metric: accuracy points when labelled, else 1 - agreement."""
-        if self.task_score is not None and self.baseline_task_score is not None:
-            return self.baseline_task_score - self.task_score
-        return 1.0 - self.agreement
 
 
 @dataclass(frozen=True)
@@ -63,7 +47,7 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["fidelity"]["drop"] = self.fidelity.drop
+        data["fidelity"] = self.fidelity.to_json()
         data["size_ratio"] = self.size_ratio
         return data
 
@@ -75,44 +59,10 @@ def metric_for(data: Dataset, model: Model, declared: MetricName | None = None) 
         return declared
     if data.labels is not None:
         return "top1"
-    output = model.io.outputs[0]
+    output = (model.io.tensor_outputs or model.io.outputs)[0]
     return (
         "embedding" if len(output.shape) == 2 and output.dtype.startswith("float") else "agreement"
     )
-
-
-def outputs(model: Model, data: Dataset, batch_size: int = 32) -> np.ndarray:
-    name = model.io.output_names[0]
-    if data.seq_axis is not None:
-        batch_size = 1  # padding would change what each sentence costs and yields
-    rows = [model.run(feed)[name] for feed in data.batches(batch_size)]
-    return np.concatenate([r.reshape(r.shape[0], -1) for r in rows])
-
-
-def measure_fidelity(
-    candidate: Model, baseline_outputs: np.ndarray, data: Dataset, metric: MetricName
-) -> Fidelity:
-    return fidelity_of(outputs(candidate, data), baseline_outputs, data, metric)
-
-
-def fidelity_of(
-    got: np.ndarray, baseline_outputs: np.ndarray, data: Dataset, metric: MetricName
-) -> Fidelity:
-    cosine = fidelity.mean_cosine(baseline_outputs, got)
-    if metric == "top1":
-        agreement = float(np.mean(got.argmax(1) == baseline_outputs.argmax(1)))
-        if data.labels is None:
-            return Fidelity(metric, cosine, agreement)
-        return Fidelity(
-            metric,
-            cosine,
-            agreement,
-            fidelity.top1(got, data.labels),
-            fidelity.top1(baseline_outputs, data.labels),
-        )
-    if metric == "embedding":
-        return Fidelity(metric, cosine, fidelity.nearest_neighbour_agreement(baseline_outputs, got))
-    return Fidelity(metric, cosine, cosine)
 
 
 def compare_latency(
@@ -167,13 +117,15 @@ def latency_feeds(data: Dataset, count: int = 64) -> list[dict[str, np.ndarray]]
 def evaluate(
     candidate: Model,
     baseline: Model,
-    baseline_outputs: np.ndarray,
+    reference: Outputs,
     data: Dataset,
-    metric: MetricName,
+    judge: Judge,
     *,
     latency_samples: int = 64,
     rounds: int = 7,
 ) -> Evaluation:
-    fid = measure_fidelity(candidate, baseline_outputs, data, metric)
+    """Fidelity (alone and batched, every output and channel, with intervals) against the
+    baseline's `reference` outputs, then latency interleaved with the baseline."""
+    fid = judge.measure(run_outputs(candidate, data), reference)
     latency = compare_latency(baseline, candidate, latency_feeds(data, latency_samples), rounds)
     return Evaluation(fid, latency, candidate.size_bytes, baseline.size_bytes)

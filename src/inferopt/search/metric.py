@@ -1,7 +1,8 @@
 """The metric the accuracy budget is counted in: a built-in one (`top1` on labels, `embedding`
 nearest-neighbour agreement, plain output `agreement`) or the user's own function, named
 `module:function`, called as `function(outputs, labels) -> float` (higher is better; `labels`
-is None when the data has none).
+is None when the data has none; `outputs` is the first output, one row per sample). Beside it,
+every output's channels are always compared (search.fidelity).
 
 A user's function is called on the baseline's outputs before anything else runs, so one that
 raises or returns something other than a number stops the search at once with its name."""
@@ -12,15 +13,18 @@ import importlib
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, get_args
 
 import numpy as np
 
 from inferopt.data import Dataset
 from inferopt.errors import InputError, first_line
+from inferopt.measure import fidelity
+from inferopt.measure.fidelity import propose_decisions
 from inferopt.model import Model
-from inferopt.search.evaluate import Fidelity, MetricName, fidelity_of, metric_for
+from inferopt.search.evaluate import MetricName, metric_for
+from inferopt.search.fidelity import Judge, Outputs, first_matrix
 
 UserMetric = Callable[[np.ndarray, np.ndarray | None], Any]
 
@@ -44,19 +48,48 @@ class Metric:
             raise InputError(f"--metric {spec!r}: not one of {names}, nor module:function")
         return Metric(spec, metric_for(data, model), _import(spec))
 
-    def fidelity(self, got: np.ndarray, reference: np.ndarray, data: Dataset) -> Fidelity:
-        fid = fidelity_of(got, reference, data, self.builtin)
-        if self.custom is None:
-            return fid
-        return replace(
-            fid, task_score=self.score(got, data), baseline_task_score=self.score(reference, data)
+    def judge(
+        self,
+        data: Dataset,
+        reference: Outputs,
+        channel_axes: dict[str, int | None] | None = None,
+    ) -> Judge:
+        """What every candidate is compared with: this metric, every output's channels (the
+        last axis unless `channel_axes` names another) and the decisions that the outputs'
+        names and values suggest (argmax of class scores, sign of a logit). A user's function
+        is called on the baseline's outputs here, so one that fails stops the search at once."""
+        axes = dict(channel_axes or {})
+        unknown = set(axes) - set(reference.alone[0])
+        if unknown:
+            outputs = list(reference.alone[0])
+            raise InputError(f"--channel-axis names {sorted(unknown)}; the outputs are {outputs}")
+        judge = Judge(
+            self.name,
+            self.builtin,
+            data.labels,
+            self._checked if self.custom is not None else None,
+            axes,
+            propose_decisions(reference.alone, axes),
         )
+        self.baseline_score(reference, data)  # fails early on a bad user function
+        return judge
 
-    def score(self, got: np.ndarray, data: Dataset) -> float:
-        if self.custom is None:
-            raise ValueError("built-in metrics are scored by fidelity()")
+    def baseline_score(self, reference: Outputs, data: Dataset) -> float:
+        """The baseline's own score: what relative budgets are taken of (1 for agreement)."""
+        first = next(iter(reference.alone[0]))
+        matrix = first_matrix(reference.alone, first)
+        if matrix is None:
+            return 1.0
+        if self.custom is not None:
+            return self._checked(matrix, data.labels)
+        if self.builtin == "top1" and data.labels is not None:
+            return fidelity.top1(matrix, data.labels)
+        return 1.0
+
+    def _checked(self, got: np.ndarray, labels: np.ndarray | None) -> float:
+        assert self.custom is not None
         try:
-            value = self.custom(got, data.labels)
+            value = self.custom(got, labels)
         except Exception as exc:
             raise InputError(f"--metric {self.name}: raised {first_line(exc, named=True)}") from exc
         if isinstance(value, np.ndarray) and value.size == 1:
@@ -67,10 +100,21 @@ class Metric:
             raise InputError(f"--metric {self.name}: returned {value}, not a finite number")
         return float(value)
 
-    def baseline_score(self, reference: np.ndarray, data: Dataset) -> float:
-        """The baseline's own score: what relative budgets are taken of."""
-        score = self.fidelity(reference, reference, data).baseline_task_score
-        return 1.0 if score is None else score  # agreement with itself
+
+def parse_channel_axis(text: str) -> tuple[str, int | None]:
+    """`--channel-axis OUTPUT:AXIS` (AXIS an integer of the output with its batch axis, or
+    `none`: the whole output is one channel)."""
+    name, sep, axis = text.rpartition(":")
+    if not sep or not name:
+        raise InputError(
+            f"--channel-axis {text!r}: write OUTPUT:AXIS, e.g. boxes:2 or embedding:none"
+        )
+    if axis.lower() == "none":
+        return name, None
+    try:
+        return name, int(axis)
+    except ValueError:
+        raise InputError(f"--channel-axis {text!r}: AXIS must be an integer or none") from None
 
 
 def _import(spec: str) -> UserMetric:

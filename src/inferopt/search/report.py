@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
+from inferopt.measure.interval import samples_needed
 from inferopt.report.html import figure_png
+from inferopt.search.fidelity import describe_checks
 from inferopt.search.select import Scored, pareto
 
 if TYPE_CHECKING:
@@ -38,8 +40,9 @@ def record(result: SearchResult) -> dict[str, Any]:
                 **outcome.to_json(),
                 "cached": outcome.cached,
                 "drop": row.drop if measured else None,
+                "drop_high": row.drop_high if measured else None,
                 "gain": row.gain if measured else None,
-                "within_budget": measured and budget.allows(row.drop, result.baseline.score),
+                "within_budget": measured and budget.admits(row, result.baseline.score),
                 "pareto_speed": row.name in speed_front,
                 "pareto_size": row.name in size_front,
             }
@@ -50,16 +53,72 @@ def record(result: SearchResult) -> dict[str, Any]:
         "metric": result.metric,
         "data": result.data_origin,
         "objective": result.config.objective,
-        "max_drop": {"value": budget.value, "relative": budget.relative},
+        "max_drop": {"value": budget.value, "relative": budget.relative, "rule": budget.rule},
+        "budget_rule": budget.rule_text(),
+        "checks": result.checks,
+        "fidelity_notes": honesty(result),
         "time_budget_s": result.config.time_budget_s,
         "wall_s": round(result.wall_s, 1),
-        "baseline": vars(result.baseline),
+        "baseline": baseline_json(result),
         "chosen": chosen.text if chosen else None,
         "closest": [s.name for s in result.choice.closest],
         "threads": dataclasses.asdict(result.threads) if result.threads else None,
         "skipped_for_time": result.skipped,
         "candidates": candidates,
     }
+
+
+def baseline_json(result: SearchResult) -> dict[str, Any]:
+    base = result.baseline
+    data = {k: v for k, v in vars(base).items() if k != "noise"}
+    data["noise_floor"] = base.noise.to_json() if base.noise is not None else None
+    return data
+
+
+def honesty(result: SearchResult) -> list[str]:
+    """What the figures above rest on, in lines: the budget rule, what was checked, the
+    metric's noise floor, and whether the data can resolve the budget at all."""
+    budget = result.config.max_drop
+    lines = [f"budget rule: {budget.rule_text()}"]
+    if result.checks:
+        lines.append(f"checked on: {describe_checks(result.checks)}")
+    noise = result.baseline.noise
+    if noise is not None:
+        lines.append(
+            f"noise floor (the baseline in batches against itself alone): drop "
+            f"{noise.drop:.4f}, up to {noise.drop_high:.4f} at 95%"
+        )
+        if budget.allows(noise.drop_high, result.baseline.score):
+            pass
+        else:
+            lines.append(
+                "the budget is below the metric's noise floor: damage and noise look alike"
+            )
+    lines += _resolution(result)
+    return lines
+
+
+def _resolution(result: SearchResult) -> list[str]:
+    """Candidates whose interval straddles the budget: the data cannot settle them."""
+    budget = result.config.max_drop
+    limit = _absolute_budget(result)
+    if limit <= 0:
+        return []
+    rows = [
+        r for r, o in zip(result.scored(), result.outcomes, strict=True)
+        if o.fidelity is not None and not o.rejected and r.drop <= limit < r.drop_high
+    ]  # fmt: skip
+    if not rows:
+        return []
+    samples = result.checks.get("samples", 0) if result.checks else 0
+    widest = max(r.drop_high - r.drop for r in rows)
+    needed = samples_needed(samples, widest, max(limit - min(r.drop for r in rows), 1e-9))
+    names = ", ".join(r.name for r in rows)
+    rule = "counted over budget" if budget.rule == "upper" else "counted within budget"
+    return [
+        f"the budget is finer than {samples} held-out samples can resolve for {names} "
+        f"(intervals straddle it; {rule}); about {needed} samples would settle them"
+    ]
 
 
 def timed_rows(result: SearchResult) -> list[Scored]:
@@ -78,14 +137,20 @@ def markdown(result: SearchResult) -> str:
         )
     else:
         lines.append(f"Chosen: `{chosen.text}`.")
-    lines += ["", "| recipe | drop | gain | size | seconds |", "|---|---|---|---|---|"]
+    lines += [""] + [f"- {line}" for line in honesty(result)]
+    lines += [
+        "",
+        "| recipe | drop [95% upper] | worst | gain | size | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for row, outcome in zip(result.scored(), result.outcomes, strict=True):
         if outcome.failed:
-            lines.append(f"| {outcome.text} | failed: {outcome.failed} | | | |")
+            lines.append(f"| {outcome.text} | failed: {outcome.failed} | | | | |")
             continue
+        worst = outcome.fidelity.decided_by() if outcome.fidelity else ""
         lines.append(
-            f"| {row.name} | {row.drop:.4f} | {row.gain:.2f}x | {row.size_ratio:.2f} | "
-            f"{outcome.seconds:.0f} |"
+            f"| {row.name} | {row.drop:.4f} [{row.drop_high:.4f}] | {worst} | {row.gain:.2f}x | "
+            f"{row.size_ratio:.2f} | {outcome.seconds:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -109,6 +174,7 @@ def render_html(result: SearchResult) -> str:
         size=figure_png(size),
         budget=html.escape(f"{result.config.max_drop.text()} ({result.metric})"),
         wall=f"{result.wall_s:.0f}",
+        notes="".join(f"<li>{html.escape(line)}</li>" for line in honesty(result)),
     )
 
 
@@ -119,6 +185,9 @@ def plot_pareto(rows: list[Scored], better: Any, label: str, result: SearchResul
     ax = fig.add_subplot()
     front = pareto(rows, better)
     ax.scatter([s.drop for s in rows], [better(s) for s in rows], color="#999", label="candidate")
+    ax.errorbar([s.drop for s in rows], [better(s) for s in rows], fmt="none", ecolor="#bbb",
+                xerr=[[0.0] * len(rows), [s.drop_high - s.drop for s in rows]],
+                label="95% upper bound of the drop")  # fmt: skip
     ax.plot([s.drop for s in front], [better(s) for s in front], "o-", color="#1f77b4",
             label="Pareto frontier")  # fmt: skip
     for s in front:
@@ -144,15 +213,18 @@ def _absolute_budget(result: SearchResult) -> float:
 
 
 def _table(result: SearchResult) -> str:
-    head = ["recipe", "drop", "gain", "size ratio", "within budget", "confirmed", "seconds"]
+    head = ["recipe", "drop", "95% upper", "worst", "gain", "size ratio", "within budget",
+            "confirmed", "seconds"]  # fmt: skip
     body = []
     budget = result.config.max_drop
     for row, o in zip(result.scored(), result.outcomes, strict=True):
         if o.failed:
-            cells = [o.text, f"failed: {o.failed}", "", "", "no", "", f"{o.seconds:.0f}"]
+            cells = [o.text, f"failed: {o.failed}", "", "", "", "", "no", "", f"{o.seconds:.0f}"]
         else:
-            ok = budget.allows(row.drop, result.baseline.score)
-            cells = [o.text, f"{row.drop:.4f}", f"{row.gain:.2f}x", f"{row.size_ratio:.2f}",
+            ok = budget.admits(row, result.baseline.score)
+            worst = o.fidelity.decided_by() if o.fidelity else ""
+            cells = [o.text, f"{row.drop:.4f}", f"{row.drop_high:.4f}", worst,
+                     f"{row.gain:.2f}x", f"{row.size_ratio:.2f}",
                      "yes" if ok else "no", o.rejected or ("yes" if o.full else "probe only"),
                      f"{o.seconds:.0f}"]  # fmt: skip
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
@@ -167,6 +239,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;fo
 </style></head><body>
 <h1>{title}</h1>
 <p>Result: {verdict}. Budget: max drop {budget}. Search wall time {wall} s.</p>
+<ul>{notes}</ul>
 <h2>Candidates</h2>{table}
 <h2>Fidelity against speed (Pareto frontier)</h2>{speed}
 <h2>Fidelity against size (Pareto frontier)</h2>{size}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from inferopt.measure.memory import ChildJob, MemoryMeasurementError, run_child
 from inferopt.model import Model
 from inferopt.passes.base import PassContext
 from inferopt.recipes import Data, apply
-from inferopt.search.evaluate import compare_latency, outputs
+from inferopt.search.evaluate import compare_latency
+from inferopt.search.fidelity import Judge, Outputs, run_outputs, subset
 from inferopt.search.metric import Metric
 from inferopt.search.select import Objective
 from inferopt.search.space import Candidate
@@ -41,7 +42,8 @@ class Bench:
     baseline: Model
     data: Data
     metric: Metric
-    reference: np.ndarray  # the baseline's outputs on the evaluation data
+    reference: Outputs  # the baseline's outputs on the evaluation data, alone and batched
+    judge: Judge  # how a candidate's outputs are compared with the reference
     context: PassContext
     objective: Objective
     per_sample_s: float  # the baseline's time for one evaluation sample (for time estimates)
@@ -83,12 +85,16 @@ def screen(candidate: Candidate, bench: Bench) -> tuple[Outcome, Model | None]:
         model, notes = build(candidate, bench)
         proxy = _proxy_indices(len(evaluation))
         sample = evaluation.subset(proxy)
-        fid = bench.metric.fidelity(outputs(model, sample), bench.reference[proxy], sample)
+        judge = bench.judge if sample.labels is None else replace(bench.judge, labels=sample.labels)
+        fid = judge.measure(run_outputs(model, sample), subset(bench.reference, proxy))
         rejected = None
         if fid.drop > bench.proxy_limit:
-            rejected = f"screened out: drop {fid.drop:.4f} on {len(proxy)} held-out samples"
+            rejected = (
+                f"screened out: drop {fid.drop:.4f} on {len(proxy)} held-out samples "
+                f"({fid.decided_by()})"
+            )
         else:
-            fid = bench.metric.fidelity(outputs(model, evaluation), bench.reference, evaluation)
+            fid = bench.judge.measure(run_outputs(model, evaluation), bench.reference)
         # Probed even when screened out: the probe is cheap, and the Pareto set needs speed.
         probe = compare_latency(
             bench.baseline, model, bench.feeds(PROBE_FEEDS), rounds=PROBE_ROUNDS, warmup=2

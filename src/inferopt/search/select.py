@@ -16,25 +16,36 @@ from inferopt.errors import InputError
 Objective = Literal["latency", "throughput", "size", "memory"]
 OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput", "size", "memory")
 TIE = 0.03  # gains this close (3%) count as equal
+Rule = Literal["upper", "point"]
+RULES: tuple[Rule, ...] = ("upper", "point")
 
 
 @dataclass(frozen=True)
 class Budget:
     """How much of the model's metric the user accepts to lose. Written `0.5%` (relative to
     the baseline's score) or `0.005` (absolute, in the metric's own units: accuracy or
-    agreement as a fraction)."""
+    agreement as a fraction).
+
+    `rule` says how a measured drop is held to it: "upper" (the default) counts a candidate
+    within budget only when the upper end of its drop's 95% interval is, so a small held-out
+    set cannot make damage look like none; "point" compares the measured drop itself."""
 
     value: float
     relative: bool
+    rule: Rule = "upper"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.value) or self.value < 0:
             raise ValueError(f"the accuracy budget must be a number >= 0, got {self.value}")
         if self.value > 1:
             raise ValueError(f"the accuracy budget must not be over 100%, got {self.text()}")
+        if self.rule not in RULES:
+            raise ValueError(
+                f"the budget rule must be one of {', '.join(RULES)}, not {self.rule!r}"
+            )
 
     @staticmethod
-    def parse(text: str) -> Budget:
+    def parse(text: str, rule: Rule = "upper") -> Budget:
         raw = text.strip()
         relative = raw.endswith("%")
         try:
@@ -44,15 +55,25 @@ class Budget:
                 f"--max-drop {text!r}: not a number; write e.g. 0.5% (relative) or 0.005"
             ) from None
         try:
-            return Budget(number / 100 if relative else number, relative)
+            return Budget(number / 100 if relative else number, relative, rule)
         except ValueError as exc:
             raise InputError(f"--max-drop {text!r}: {exc}") from None
 
     def text(self) -> str:
         return f"{self.value:.4g} of the baseline's score" if self.relative else f"{self.value:.4g}"
 
+    def rule_text(self) -> str:
+        if self.rule == "upper":
+            return "within budget when the upper end of the drop's 95% interval is"
+        return "within budget when the measured drop is (intervals reported, not used)"
+
     def allows(self, drop: float, baseline_score: float) -> bool:
         return self.normalised(drop, baseline_score) <= self.value + 1e-12
+
+    def admits(self, candidate: Scored, baseline_score: float) -> bool:
+        """Whether `candidate` is within budget under this budget's rule."""
+        drop = candidate.drop_high if self.rule == "upper" else candidate.drop
+        return self.allows(drop, baseline_score)
 
     def normalised(self, drop: float, baseline_score: float) -> float:
         """The drop in the budget's own terms (relative drops divide by the baseline)."""
@@ -70,6 +91,11 @@ class Scored:
     drop: float  # loss in the model's metric against the baseline (absolute units)
     gain: float
     size_ratio: float
+    drop_high: float = -1.0  # the upper end of the drop's 95% interval; < drop: not known
+
+    def __post_init__(self) -> None:
+        if self.drop_high < self.drop:  # no interval: the point is all there is
+            object.__setattr__(self, "drop_high", self.drop)
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ def choose(
     """The fastest (or smallest ...) within budget. Gains within `TIE` of the best are a tie
     (closer than latency can be told apart on a shared machine), won by the smaller drop."""
     feasible = sorted(
-        (c for c in candidates if budget.allows(c.drop, baseline_score)),
+        (c for c in candidates if budget.admits(c, baseline_score)),
         key=lambda c: (-c.gain, c.drop),
     )
     if feasible:

@@ -24,10 +24,13 @@ from inferopt import cache, hardware
 from inferopt.artifact import ArtifactError
 from inferopt.data import Dataset
 from inferopt.model import Model, load_onnx
-from inferopt.search.evaluate import Fidelity, LatencyComparison
+from inferopt.search.evaluate import LatencyComparison
+from inferopt.search.fidelity import Fidelity
 
 OUTCOME = "outcome.json"
 MODEL = "model.onnx"
+# Bumped when what an outcome records changes meaning, so older stored outcomes are not read.
+SCHEMA = "outcome-2: fidelity alone and batched, per channel, with intervals"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("cached")
+        data["fidelity"] = self.fidelity.to_json() if self.fidelity else None
         return data
 
     @staticmethod
@@ -67,7 +71,7 @@ class Outcome:
             text=data["text"],
             family=data["family"],
             seconds=data["seconds"],
-            fidelity=part(Fidelity, "fidelity"),
+            fidelity=Fidelity.from_json(data["fidelity"]) if data.get("fidelity") else None,
             probe=part(LatencyComparison, "probe"),
             full=part(LatencyComparison, "full"),
             size_bytes=data["size_bytes"],
@@ -130,6 +134,7 @@ def search_key(baseline: Model, datasets: Sequence[Dataset], metric: str) -> str
         if data.labels is not None:
             digest.update(np.ascontiguousarray(data.labels).tobytes())
     digest.update(metric.encode())
+    digest.update(SCHEMA.encode())
     digest.update(hardware.probe().fingerprint().encode())
     digest.update(metadata.version("inferopt").encode())
     return digest.hexdigest()[:16]

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from inferopt.search.auto import SearchResult
-from inferopt.search.report import timed_rows
+from inferopt.search.report import honesty, timed_rows
 from inferopt.search.select import pareto
 from inferopt.search.store import Outcome
 
@@ -23,6 +23,8 @@ def show(result: SearchResult, console: Console) -> None:
             f"{result.config.max_drop.text()} in {result.metric}); the closest: "
             + ", ".join(s.name for s in result.choice.closest)
         )
+    for line in honesty(result):
+        console.print(Text(line))
     if result.skipped:
         console.print(f"left out for lack of time: {', '.join(result.skipped)}")
     console.print(f"search took {result.wall_s:.0f} s")
@@ -54,6 +56,8 @@ def before_after(result: SearchResult, chosen: Outcome) -> Table:
             table.add_row(result.metric, f"{fid.baseline_task_score:.4f}", f"{fid.task_score:.4f}")
         table.add_row("agreement with baseline", "1", f"{fid.agreement:.4f}")
         table.add_row("mean cosine to baseline", "1", f"{fid.cosine:.4f}")
+        table.add_row("drop [95% upper]", "0", f"{fid.drop:.4f} [{fid.drop_high:.4f}]")
+        table.add_row("worst figure", "", Text(fid.decided_by()))
     threads = result.threads.intra_op_threads if result.threads else 0
     table.add_row("intra-op threads", "default", str(threads or "default"))
     return table
@@ -64,7 +68,7 @@ def candidates_table(result: SearchResult) -> Table:
     front = {s.name for s in pareto(timed_rows(result))}
     table = Table(title=f"candidates ({result.config.objective})", title_justify="left")
     table.add_column("recipe", overflow="fold")
-    for column in ("drop", "gain", "size", "s", ""):
+    for column in ("drop [95% up]", "gain", "size", "s", ""):
         table.add_column(column, justify="right")
     budget = result.config.max_drop
     for row, outcome in zip(rows, result.outcomes, strict=True):
@@ -73,17 +77,17 @@ def candidates_table(result: SearchResult) -> Table:
             table.add_row(Text(outcome.text), Text(why), "", "", f"{outcome.seconds:.0f}", "")
             continue
         marks = []
-        if budget.allows(row.drop, result.baseline.score):
+        if budget.admits(row, result.baseline.score):
             marks.append("within budget")
         if row.name in front:
             marks.append("pareto")
         if result.chosen is not None and outcome.text == result.chosen.text:
             marks.append("CHOSEN")
         if outcome.rejected:
-            marks.append("drop on 64 samples")
+            marks.append("screened out (proxy sample)")
         table.add_row(
             Text(outcome.text),
-            f"{row.drop:.4f}",
+            f"{row.drop:.4f} [{row.drop_high:.4f}]",
             f"{row.gain:.2f}x" + ("" if outcome.full else "*"),
             f"{row.size_ratio:.2f}",
             f"{outcome.seconds:.0f}" + (" (cached)" if outcome.cached else ""),
