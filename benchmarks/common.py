@@ -102,3 +102,36 @@ def table(
 ) -> dict[str, Any]:
     """A table the renderer turns into markdown in docs/benchmarks.md."""
     return {"title": title, "columns": list(columns), "rows": [list(r) for r in rows], "note": note}
+
+
+def fidelity_row(model: Any, reference: Any, data: Any, metric: str) -> dict[str, Any]:
+    """What search.fidelity says of `model` against the baseline's `reference` outputs
+    (search.fidelity.Outputs) on `data`: the drop with its 95% upper bound and what decided it,
+    and the first output's mean and worst-row cosine to the baseline alone and in padded
+    batches of 8 (where a lost attention mask shows)."""
+    from inferopt.search.fidelity import run_outputs
+    from inferopt.search.metric import Metric
+
+    judge = Metric.resolve(metric, data, model).judge(data, reference)
+    got = run_outputs(model, data)
+    fid = judge.measure(got, reference)
+    first = next(iter(reference.alone[0]))
+    truth = [r[first].ravel() for r in reference.alone]
+
+    def cosines(rows: Any) -> list[float]:
+        return [_cosine(a, r[first].ravel()) for a, r in zip(truth, rows, strict=True)]
+
+    alone = cosines(got.alone)
+    batched = cosines(got.batched) if got.batched is not None else alone
+    return {
+        "fidelity": fid,
+        "drop": f"{fid.drop:.4f} [{fid.drop_high:.4f}]",
+        "decided_by": fid.decided_by(),
+        "cosine_alone": f"{np.mean(alone):.4f} (worst {min(alone):.3f})",
+        "cosine_batched": f"{np.mean(batched):.4f} (worst {min(batched):.3f})",
+    }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import interleaved, ort_runner, save, speedup_cell, speedups, table
 
 from inferopt.compress.sparsity import sparse_size
+from inferopt.data import Dataset
 from inferopt.measure.fidelity import mean_cosine, nearest_neighbour_agreement, top1
 from inferopt.measure.flops import count_compute
 from inferopt.measure.graph import shaped_graph
@@ -30,7 +31,8 @@ from inferopt.measure.size import size_figures
 from inferopt.model import Model
 from inferopt.passes.recipe import Recipe
 from inferopt.recipes import build_candidate, resolve_data
-from inferopt.search.evaluate import latency_feeds, outputs
+from inferopt.search.evaluate import latency_feeds
+from inferopt.search.fidelity import first_matrix, run_outputs
 from inferopt.sources import load
 
 CNN_RECIPES = (
@@ -107,9 +109,9 @@ def digits_cnn() -> list[dict[str, Any]]:
         feeds = [evaluation.batch(range(i, min(i + batch, 448))) for i in range(0, 448, batch)]
         speed[batch] = timing(candidates, feeds)
     rows, sparse_rows = [], []
-    base_top1 = top1(outputs(baseline, evaluation), labels)
+    base_top1 = top1(_first(baseline, evaluation), labels)
     for name, model in candidates.items():
-        acc = top1(outputs(model, evaluation), labels)
+        acc = top1(_first(model, evaluation), labels)
         m = macs(model)
         rows.append(
             [
@@ -189,7 +191,7 @@ def digits_cnn() -> list[dict[str, Any]]:
 def minilm() -> list[dict[str, Any]]:
     baseline, data, candidates, _ = build("minilm", MINILM_RECIPES)
     evaluation = data.evaluation
-    reference = outputs(baseline, evaluation)
+    reference = _first(baseline, evaluation)
     torch.set_num_threads(2)
     feeds = latency_feeds(evaluation, LATENCY_SENTENCES)
     speed = timing(candidates, feeds)
@@ -197,7 +199,7 @@ def minilm() -> list[dict[str, Any]]:
     kept = layers_kept(candidates["distill:layers=3"])
     rows = []
     for name, model in candidates.items():
-        got = outputs(model, evaluation)
+        got = _first(model, evaluation)
         t = speed[name]
         rows.append(
             [
@@ -245,3 +247,10 @@ if __name__ == "__main__":
         },
     )
     print(path.read_text())
+
+
+def _first(model: Model, data: Dataset) -> np.ndarray:
+    """The first output of every sample run alone, one row each."""
+    matrix = first_matrix(run_outputs(model, data, batched=False).alone, model.io.output_names[0])
+    assert matrix is not None
+    return matrix

@@ -40,7 +40,7 @@ import servers
 from common import save, table
 
 from inferopt.loadgen.client import Target
-from inferopt.loadgen.inputs import TensorMeta, corpus_pool
+from inferopt.loadgen.inputs import DataSource, TensorMeta, corpus_pool
 from inferopt.loadgen.run import Load, Point, RunConfig
 from inferopt.loadgen.sweep import bench
 from inferopt.serve import eventloop
@@ -74,7 +74,10 @@ def measure(server: servers.Process, loads: Sequence[Load], config: RunConfig, b
     sampler.start()
     cpu, wall = server.cpu_seconds(), time.perf_counter()
     try:
-        result = eventloop.run(bench(target, loads, config))
+        # minilm gets real sentences through its own tokenizer (bench never sends a model
+        # another's tokens by default); other models, what the server's input spec allows.
+        data = DataSource(tokenizer="minilm") if model == "minilm" else None
+        result = eventloop.run(bench(target, loads, config, data))
     finally:
         cpu, wall = server.cpu_seconds() - cpu, time.perf_counter() - wall
         done.set()

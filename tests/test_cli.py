@@ -5,12 +5,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from inferopt.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+
+import field_kinds as kinds  # noqa: E402
+
 BIN = Path(sys.executable).parent / "inferopt"
 
 
@@ -100,3 +106,96 @@ def test_zoo_list_and_hardware(capsys: pytest.CaptureFixture[str]) -> None:
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+# ---- models from elsewhere: inputs found, stated (--input-shape) or given (--data) ----
+
+QUICK_PROFILE = (
+    "--no-memory", "--max-time", "0.3", "--min-time", "0", "--sweep-time", "0.5",
+    "--batch-sizes", "1",
+)  # fmt: skip
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    ("flag", "shape"),
+    [("--input-shape", "input:1,2000"), ("--shape", "input:2000")],
+    ids=["full", "perf-analyzer-spelling"],
+)
+def test_export_onnx_with_a_stated_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, shape: str
+) -> None:
+    """A window no generated size fits (1000 samples): stated, the export runs at it."""
+    source = kinds.save(kinds.vad(window=1000), tmp_path / "vad.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["export", str(source), "--out", str(out), flag, shape]) == 0
+    assert "samples=2000" in capsys.readouterr().out
+    from inferopt.model import load_onnx
+
+    io = load_onnx(out).io
+    assert io.dims["samples"] == 2000 and io.batch_axis_of("state") == 1
+    assert io.sample_inputs(batch=2)["input"].shape == (2, 2000)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [kinds.vad, kinds.ids_table, kinds.masked_encoder, kinds.zipmap_classifier],
+    ids=["vad", "ids", "key-padding-mask", "zipmap"],
+)
+def test_profile_runs_models_of_the_field_kinds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], build: Any
+) -> None:
+    source = kinds.save(build(), tmp_path / "model.onnx")
+    code = main(["profile", str(source), *QUICK_PROFILE])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "what it costs to run" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("input:1,x", "dims must be integers"),
+        ("input", "write NAME:DIMS"),
+        ("input:0,64", "every size must be >= 1"),
+        ("nope:1,64", "no input named 'nope'"),
+        ("input:1,2,64", "3 dims given, the input has 2"),
+        ("state:3,1,4", "axis 0 is fixed at 2 in the model, not 3"),
+    ],
+)
+def test_a_bad_input_shape_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: str, message: str
+) -> None:
+    source = kinds.save(kinds.vad(), tmp_path / "vad.onnx")
+    out = tmp_path / "out.onnx"
+    assert main(["export", str(source), "--out", str(out), "--input-shape", shape]) == 2
+    assert message in _one_line_error(capsys)
+    assert not out.exists()
+    assert main(["profile", str(source), *QUICK_PROFILE, "--input-shape", shape]) == 2
+    assert message in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["profile", "export"])
+def test_a_model_only_data_run_is_one_line_naming_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    source = kinds.save(kinds.unrunnable(), tmp_path / "model.onnx")
+    args = [*QUICK_PROFILE] if command == "profile" else ["--out", str(tmp_path / "o.onnx")]
+    assert main([command, str(source), *args]) == 2
+    err = _one_line_error(capsys)
+    assert "--data" in err and "--input-shape" in err
+
+
+def test_profile_with_data_runs_the_model_only_data_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = kinds.save(kinds.unrunnable(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "data.npz", **kinds.unrunnable_data())
+    code = main(["profile", str(source), *QUICK_PROFILE, "--data", str(tmp_path / "data.npz")])
+    assert code == 0, capsys.readouterr().err

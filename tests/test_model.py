@@ -40,6 +40,16 @@ def test_loads_external_data_and_names_a_missing_data_file(tmp_path: Path) -> No
         load_onnx(path)
 
 
+def test_external_data_under_2_gib_is_read_into_the_model_as_before(tmp_path: Path) -> None:
+    model = load_onnx(_linear(tmp_path / "m.onnx", external=True))
+    assert model.data_dir is None
+    weight = model.proto.graph.initializer[0]
+    assert weight.data_location == TensorProto.DEFAULT and len(weight.raw_data) == 48
+    assert model.size_bytes == model.proto.ByteSize()
+    saved = model.save(tmp_path / "out" / "m.onnx")
+    assert [p.name for p in saved.parent.iterdir()] == ["m.onnx"]  # one file, as before
+
+
 def test_save_keeps_iospec_and_provenance(tmp_path: Path) -> None:
     model = load_onnx(_linear(tmp_path / "m.onnx"))
     stamped = Model(

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -62,3 +63,33 @@ def test_cuda_provider_runs_a_model() -> None:
     assert session.get_providers()[0] == "CUDAExecutionProvider"
     out = session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})[0]
     assert out.tolist() == [0.0, 2.0]
+
+
+def _scaled_by_external_weight(folder: Path) -> onnx.ModelProto:
+    """y = x * w, with w (float32[4] = 2) in folder/w.data; the proto, as read without it."""
+    (folder / "w.data").write_bytes(np.full(4, 2.0, np.float32).tobytes())
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="w.data")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_external_data_is_read_from_the_folder_given(tmp_path: Path) -> None:
+    proto = _scaled_by_external_weight(tmp_path)
+    x = {"x": np.arange(4, dtype=np.float32)}
+    for session in (
+        create_session(proto, data_dir=tmp_path),
+        create_session(_saved(proto, tmp_path / "graph-only"), data_dir=tmp_path),
+    ):
+        assert session.run(None, x)[0].tolist() == [0.0, 2.0, 4.0, 6.0]
+    with pytest.raises(ModelLoadError, match="cannot load it"):
+        create_session(proto, data_dir=tmp_path / "elsewhere")
+
+
+def _saved(proto: onnx.ModelProto, folder: Path) -> Path:
+    folder.mkdir()
+    onnx.save(proto, str(folder / "m.onnx"))
+    return folder / "m.onnx"

@@ -61,6 +61,7 @@ def _show_model(model: Model, out: Path, *, latency: bool = True) -> None:
         rows.append(("io", line))
     if prov.parity is not None:
         rows.append(("parity check", prov.parity.describe()))
+    rows.append(("generated inputs", _found(model)))
     rows.append(("size", f"{model.size_bytes / 2**20:.2f} MiB"))
     if latency:
         from inferopt.measure.latency import quick_latency
@@ -77,6 +78,18 @@ def _show_model(model: Model, out: Path, *, latency: bool = True) -> None:
     for key, value in rows:
         table.add_row(key, Text(value))  # Text: shapes like [batch, seq] are not rich markup
     console.print(table)
+
+
+def _found(model: Model) -> str:
+    """What discovery found: how many runs it took, or why no generated input runs."""
+    from inferopt.discovery import FOUND_KEY, problem_of
+
+    problem = problem_of(model.io)
+    if problem:
+        return f"none run: {problem}"
+    found = model.io.extra.get(FOUND_KEY, {})
+    trials = found.get("trials", 0) if isinstance(found, dict) else 0
+    return f"accepted by the model (found in {trials} run(s))" if trials else "from the data given"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -46,3 +46,44 @@ def modernize(proto: onnx.ModelProto) -> onnx.ModelProto:
     del new.graph.input[:]
     new.graph.input.extend(kept)
     return new
+
+
+def map_types(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The main graph's outputs and value_info whose type holds a map (ZipMap's class
+    probabilities, `seq(map(int64, float))`), by name. onnx-ir, which the graph passes and the
+    FLOP count read models with, has no map type yet."""
+    found = {}
+    for value in (*proto.graph.output, *proto.graph.value_info):
+        if _has_map(value.type):
+            found[value.name] = value.type
+    return found
+
+
+def _has_map(tp: onnx.TypeProto) -> bool:
+    which = tp.WhichOneof("value")
+    if which == "map_type":
+        return True
+    if which == "sequence_type":
+        return _has_map(tp.sequence_type.elem_type)
+    if which == "optional_type":
+        return _has_map(tp.optional_type.elem_type)
+    return False
+
+
+def without_types(proto: onnx.ModelProto, names: dict[str, onnx.TypeProto]) -> onnx.ModelProto:
+    """A copy with the types of `names` left out (a value without a declared type is valid to
+    ONNX Runtime and onnx-ir, which infer it), so onnx-ir can read the rest of the graph."""
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    for value in (*new.graph.output, *new.graph.value_info):
+        if value.name in names:
+            value.ClearField("type")
+    return new
+
+
+def with_types(proto: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> onnx.ModelProto:
+    """`proto` with the graph outputs named in `types` given those types back (in place)."""
+    for value in proto.graph.output:
+        if value.name in types and not value.type.WhichOneof("value"):
+            value.type.CopyFrom(types[value.name])
+    return proto

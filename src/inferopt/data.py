@@ -85,6 +85,19 @@ class Layout:
         return found
 
 
+def batch_first(outputs: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """One row's float or integer outputs with the batch axis first (a state [2, 1, 128]
+    batched on axis 1 becomes [1, 2, 128]; an output without a batch axis gains one), as
+    per-sample comparisons read them. Non-tensor outputs (sequences, maps) are left out."""
+    found = {}
+    for name, value in outputs.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        axis = layout.batch_axis(name)
+        found[name] = value[None] if axis is None else np.moveaxis(value, axis, 0)
+    return found
+
+
 def _pad_to(array: np.ndarray, axis: int, length: int, value: float) -> np.ndarray:
     width = [(0, 0)] * array.ndim
     width[axis] = (0, length - array.shape[axis])

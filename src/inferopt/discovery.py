@@ -24,7 +24,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from inferopt.errors import InputError, first_line
-from inferopt.iospec import IOSpec, TensorSpec
+from inferopt.iospec import IOSpec, TensorSpec, suspect_input
 
 FOUND_KEY = "inputs_found"  # IOSpec.extra: what discovery found, or why nothing ran
 MAX_TRIALS = 64  # model runs spent looking for inputs that work
@@ -155,10 +155,25 @@ def analyse(proto: onnx.ModelProto, io: IOSpec, *, adapt_axes: bool = True) -> I
         counts = [a for a in axes.values() if a is not None]
         common = max(set(counts), key=counts.count) if counts else None
     overrides = {name: axis for name, axis in axes.items() if axis != common}
-    seq_axis = io.seq_axis if common is not None else None
+    seq_axis = io.seq_axis if common is not None and _has_sequence(io) else None
     return replace(
         io, batch_axis=common, seq_axis=seq_axis, batch_axes={**overrides, **io.batch_axes}
     )
+
+
+def _has_sequence(io: IOSpec) -> bool:
+    """Whether the free axis read as the sequence is one: in token ids or masks, or in a float
+    input of rank 3 ([batch, time, features]). An image's height is a size, not a sequence
+    (padding it changes the picture), and so is an audio window's length."""
+    for spec in io.inputs:
+        axis = io.seq_axis_of(spec)
+        if axis is None:
+            continue
+        if np.issubdtype(spec.np_dtype, np.integer) or spec.np_dtype == np.bool_:
+            return True
+        if len(spec.shape) == 3 and is_image(spec, io) is None:
+            return True
+    return False
 
 
 def _analyse_input(graph: Graph, spec: TensorSpec) -> TensorSpec:
@@ -306,18 +321,19 @@ def discover(
     run: Run,
     proto: onnx.ModelProto,
     io: IOSpec,
-    stated: frozenset[str] = frozenset(),
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
     *,
     adapt_axes: bool = True,
 ) -> Finding:
     """Find generated inputs the model runs with finite outputs: the graph's facts first
-    (`analyse`), then the knobs' combinations in order, within MAX_TRIALS runs. Then check
-    batch 2 and a second sequence length, and read each output's batch and sequence axes
-    from how its shape follows them. `stated`: dims the user gave sizes for. Without
+    (`analyse`), the user's `shapes` (--input-shape) on top, then the knobs' combinations in
+    order, within MAX_TRIALS runs. Then check batch 2 and a second sequence length, and read
+    each output's batch and sequence axes from how its shape follows them. Without
     `adapt_axes`, declared batch and sequence axes stay even when the model fails on them
-    (an exporter's axes are meant, and its parity check must see them fail)."""
+    (an exporter's axes are meant, and its parity check must see them fail). Raises
+    InputError when a stated shape does not fit the model (see `state_shapes`)."""
     fresh = replace(io, extra={k: v for k, v in io.extra.items() if k != FOUND_KEY})
-    io = analyse(proto, fresh, adapt_axes=adapt_axes)
+    io, stated = state_shapes(analyse(proto, fresh, adapt_axes=adapt_axes), shapes or {})
     trial = _Trial(run)
     found = knobs(io, stated)
     working: IOSpec | None = None
@@ -373,26 +389,18 @@ class _Trial:
     def why(self, io: IOSpec, found: Sequence[Knob]) -> str:
         tried = ", ".join(k.label for k in found) or "the declared shapes"
         reason = self.nonfinite if self.nonfinite and not self.first_error else self.first_error
-        suspect = _suspect(io) if self.nonfinite else None
+        suspect = suspect_input(io) if self.nonfinite else None
         hint = f"; most likely at fault: {suspect}" if suspect else ""
+        inputs = "; ".join(t.describe() for t in io.inputs)
         return (
             f"no generated input runs ({self.count} tried, varying {tried}): {reason}{hint}; "
-            f"give real inputs with --data FILE.npz or sizes with --input-shape NAME:DIMS "
-            f"(inputs: {'; '.join(t.describe() for t in io.inputs)})"
+            "give real inputs (--data FILE.npz; serving: warmup_data) or sizes (--input-shape "
+            f"NAME:DIMS; serving: input_shapes) (inputs: {inputs})"
         )
 
 
 def _float(values: np.ndarray) -> bool:
     return isinstance(values, np.ndarray) and values.dtype.kind == "f"
-
-
-def _suspect(io: IOSpec) -> str | None:
-    """The input most likely to make outputs non-finite: a mask, then ids, then a scalar."""
-    for role in ("mask", "ids", "scalar"):
-        spec = next((t for t in io.inputs if t.role == role), None)
-        if spec is not None:
-            return f"{role} {spec.name!r}"
-    return None
 
 
 def _check_batch(trial: _Trial, io: IOSpec, adapt: bool) -> IOSpec:

@@ -25,7 +25,7 @@ import torch
 
 from inferopt import parity
 from inferopt.errors import ExportError, InputError, ParityError, first_line
-from inferopt.iospec import IOSpec, sample
+from inferopt.iospec import IOSpec, sample, suspect_input
 from inferopt.model import Model, Provenance, from_proto
 
 Exporter = Literal["auto", "dynamo", "torchscript"]
@@ -122,7 +122,7 @@ def check_against_module(
     report = parity.compare_outputs(
         expected, got, atol=config.atol, rtol=config.rtol, batch=batch, seq=seq
     )
-    parity.require(report, label)
+    parity.require(report, label, suspect_input(model.io))
     return report
 
 

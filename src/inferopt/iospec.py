@@ -247,6 +247,16 @@ def sample(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -
     return rng.standard_normal(size=shape).astype(dtype)
 
 
+def suspect_input(io: IOSpec) -> str | None:
+    """The input most likely to make a model's outputs non-finite on generated values: a
+    mask (all padding gives a softmax of nothing), then ids, then a scalar setting."""
+    for role in ("mask", "ids", "scalar"):
+        spec = next((t for t in io.inputs if t.role == role), None)
+        if spec is not None:
+            return f"{role} {spec.name!r} ({spec.describe()})"
+    return None
+
+
 def pad_value_of(spec: TensorSpec) -> float:
     """What a padded position of `spec` holds: a mask's padding mark, else 0."""
     return spec.pad_value if spec.role == "mask" else 0.0
@@ -298,7 +308,9 @@ def _value_info_spec(value: onnx.ValueInfoProto, index: int) -> TensorSpec:
         if d.HasField("dim_value") and d.dim_value > 0:
             shape.append(int(d.dim_value))
         else:
-            shape.append(d.dim_param or f"{value.name}_dim{axis}_{index}")
+            # "?" is how some converters write "unknown": not a name that ties two dims.
+            named = d.dim_param if d.dim_param not in ("", "?") else None
+            shape.append(named or f"{value.name}_dim{axis}_{index}")
     role: Role = "mask" if any(w in value.name.lower() for w in _MASK_WORDS) else "values"
     if not shape and role == "values":
         role = "scalar"

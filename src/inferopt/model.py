@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from inferopt import external
 from inferopt import iospec as iospec_mod
 from inferopt.compat import modernize
 from inferopt.discovery import needs_discovery
@@ -22,7 +23,6 @@ from inferopt.parity import ParityReport
 from inferopt.runtime import SessionConfig, create_session
 
 PROVENANCE_KEY = "inferopt.provenance"
-_PROTOBUF_LIMIT = 2**31 - 1  # protobuf cannot serialize more; larger models use external data
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,17 @@ class Model:
 
     @property
     def size_bytes(self) -> int:
-        return int(self.proto.ByteSize())
+        """Bytes of the model as saved: its graph, and its external data files if it has any."""
+        on_disk = external.external_bytes(self.proto)
+        if not external.fits(self.proto):  # built by hand: ByteSize() would fail over 2 GiB
+            return external.inline_bytes(self.proto) + on_disk
+        return int(self.proto.ByteSize()) + on_disk
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The folder this model's weights are read from, when they stay on disk (a model
+        over 2 GiB, see inferopt.external); None when they are all in `proto`."""
+        return external.data_dir(self.proto)
 
     def with_io(self, io: IOSpec) -> Model:
         return replace(self, io=io)  # same graph, so its sessions stay valid and shared
@@ -94,23 +104,32 @@ class Model:
         (see inferopt.discovery); `shapes` are sizes the user stated (--input-shape)."""
         from inferopt import discovery
 
-        io, stated = discovery.state_shapes(self.io, shapes or {})
         runner = discovery.session_runner(self.session())
-        found = discovery.discover(runner, self.proto, io, stated, adapt_axes=adapt_axes)
+        found = discovery.discover(runner, self.proto, self.io, shapes, adapt_axes=adapt_axes)
         return self.with_io(found.io)
 
     def save(self, path: str | Path) -> Path:
-        """Write the model with its IOSpec and provenance in the file's metadata."""
+        """Write the model with its IOSpec and provenance in the file's metadata. Weights kept
+        on disk are copied beside it (one data file becomes `<name>.data`); a graph too
+        large for one protobuf writes its weights there too."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         proto = self.stamped_proto()
-        large = proto.ByteSize() > _PROTOBUF_LIMIT
+        folder = self.data_dir
+        if folder is not None:
+            external.copy_beside(proto, folder, path)
+            onnx.save_model(proto, str(path))
+            return path
+        large = not external.fits(proto)
         onnx.save_model(proto, str(path), save_as_external_data=large, location=f"{path.name}.data")
         return path
 
     def stamped_proto(self) -> onnx.ModelProto:
+        """A copy of the proto with the IOSpec and provenance in its metadata, as saved.
+        Weights kept on disk stay references (relative to `data_dir`)."""
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
+        external.set_data_dir(proto, None)  # where this process finds them, not the model's
         iospec_mod.attach(proto, self.io)
         iospec_mod.set_metadata(proto, PROVENANCE_KEY, json.dumps(self.provenance.to_json()))
         return proto
@@ -141,7 +160,11 @@ def _read_provenance(proto: onnx.ModelProto, default: Provenance) -> Provenance:
 
 
 def from_proto(proto: onnx.ModelProto, provenance: Provenance, *, verify: bool = True) -> Model:
-    """Wrap a proto; with `verify`, check it and make sure ONNX Runtime can load it."""
+    """Wrap a proto; with `verify`, check it and make sure ONNX Runtime can load it. A proto
+    holding more weights than protobuf can serialize has them moved to a data file first
+    (in place, see inferopt.external.spill)."""
+    if not external.fits(proto):
+        external.spill(proto)
     proto = modernize(proto)  # old IR rules the graph passes cannot keep (see compat)
     sessions: dict[str, Any] = {}
     if verify:
@@ -155,23 +178,23 @@ def from_proto(proto: onnx.ModelProto, provenance: Provenance, *, verify: bool =
 def load_onnx(
     path: str | Path, *, verify: bool = True, shapes: dict[str, tuple[int, ...]] | None = None
 ) -> Model:
-    """Read an .onnx file (with its external-data files beside it). With `verify`, a model
-    from elsewhere (no inferopt metadata) gets the inputs it accepts found by running it;
-    `shapes` are input sizes the user stated (--input-shape)."""
+    """Read an .onnx file (with its external-data files beside it). Weights that would not
+    fit in one protobuf (over 2 GiB) stay in their files, read by ONNX Runtime from there
+    (see inferopt.external). With `verify`, a model from elsewhere (no inferopt metadata)
+    gets the inputs it accepts found by running it; `shapes` are input sizes the user
+    stated (--input-shape)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a file")
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
     except DecodeError as exc:
         raise ModelLoadError(f"{path}: not an ONNX model (protobuf parse failed: {exc})") from exc
-    except onnx.checker.ValidationError as exc:  # raised for missing external-data files
-        first = str(exc).strip().splitlines()[0]
-        raise ModelLoadError(f"{path}: cannot read its external data: {first}") from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read it as ONNX: {exc}") from exc
+    external.open_data(proto, path.parent, str(path))
     provenance = _read_provenance(proto, Provenance(source=str(path), kind="onnx"))
     model = from_proto(proto, provenance, verify=verify)
     if verify and (shapes or needs_discovery(model.io)):
@@ -182,9 +205,16 @@ def load_onnx(
 def _check(proto: onnx.ModelProto, source: str) -> None:
     if not proto.HasField("graph") or not proto.ir_version:
         raise ModelLoadError(f"{source}: not an ONNX model (no graph or IR version)")
+    folder = external.data_dir(proto)
+    checked: onnx.ModelProto | None = proto
+    if folder is not None:
+        external.check_files(proto, folder, source)
+        checked = external.checkable(proto)
+    if checked is None:
+        return  # ONNX Runtime's load is the check
     try:
         # full_check runs shape inference too, which catches many truncated/corrupt graphs.
-        onnx.checker.check_model(proto, full_check=proto.ByteSize() < _PROTOBUF_LIMIT)
+        onnx.checker.check_model(checked, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"{source}: invalid ONNX model: {first}") from exc

@@ -126,8 +126,9 @@ def _compare(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: flo
     return OutputParity(name, ref_shape, got_shape, max_abs, max_rel, ok)
 
 
-def require(report: ParityReport, label: str) -> None:
-    """Raise ParityError naming the first disagreeing output, its errors and the shapes used."""
+def require(report: ParityReport, label: str, suspect: str | None = None) -> None:
+    """Raise ParityError naming the first disagreeing output, its errors and the shapes used.
+    `suspect`: the input most likely at fault when the source's own output is not finite."""
     if report.ok:
         return
     bad = next(o for o in report.outputs if not o.within_tolerance)
@@ -135,8 +136,9 @@ def require(report: ParityReport, label: str) -> None:
     if bad.reference_nonfinite:
         raise ParityError(
             f"{label}: output {bad.name!r} of the source model itself is not finite at {where} "
-            f"on generated inputs ({bad.reference_nonfinite:.1%} NaN/Inf); the inputs are "
-            "likely wrong for it (a mask, ids, a scalar): give real example inputs"
+            f"on generated inputs ({bad.reference_nonfinite:.1%} NaN/Inf); the input most "
+            f"likely at fault: {suspect or 'a mask, ids or a scalar'}; give real inputs "
+            "(--data FILE.npz) or example inputs that are valid for it"
         )
     if bad.candidate_nonfinite:
         raise ParityError(

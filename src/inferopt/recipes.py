@@ -189,7 +189,8 @@ def optimize_recipe(
         chosen.evaluation, reference, channel_axes
     )
     evaluation = evaluate(optimized, baseline, reference, chosen.evaluation, judge)
-    checked = checks(judge, chosen.evaluation, reference, noise_floor(judge, reference))
+    noise = noise_floor(judge, reference)
+    checked = checks(judge, chosen.evaluation, reference, noise, baseline.io)
     result = RecipeResult(optimized, baseline, evaluation, chosen.origin, notes, checked)
     if out is None:
         return result

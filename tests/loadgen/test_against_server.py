@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from inferopt.iospec import IOSpec
 from inferopt.loadgen.client import Target, make_client
 from inferopt.loadgen.inputs import BenchError
 from inferopt.loadgen.run import Load, Point, RunConfig, run_point
@@ -41,7 +42,10 @@ def test_every_protocol_gets_answers_and_server_metrics(
     # up to 4 (the concurrency) measured answers may have started before the first scrape.
     assert times is not None and times.requests_queued >= s.outcomes["ok"] - 4
     assert 1.0 <= times.batch_size <= 4.0  # never more rows than requests outstanding
-    assert result.data.startswith("random from metadata (x FP32[-1, 4])")
+    # Our server publishes its spec over HTTP only (Triton's gRPC message has no field for it)
+    spec_origin = "the server's input spec (x: float32[batch, 4])"
+    expected = "random from metadata (x FP32[-1, 4])" if protocol == "grpc" else spec_origin
+    assert result.data.startswith(expected)
 
 
 def test_closed_loop_at_concurrency_1_sees_the_servers_own_latency(
@@ -183,3 +187,51 @@ def test_run_point_windows_are_consistent(server: BackgroundServer) -> None:
     count = 3 if point.stable else len(point.windows)
     assert point.summary.requests == sum(w.requests for w in point.windows[-count:])
     assert len(point.samples) == point.summary.requests
+
+
+def test_our_server_publishes_each_inputs_role_and_range_over_http(
+    vocab_server: BackgroundServer,
+) -> None:
+    async def specs() -> list[IOSpec | None]:
+        found = []
+        for target in (
+            Target(vocab_server.http_url, "vocab50"),
+            Target(vocab_server.grpc_url, "vocab50", "grpc"),
+            Target(vocab_server.http_url, "nope"),  # no config: like a server without one
+        ):
+            client = make_client(target)
+            try:
+                found.append(await client.spec())
+            finally:
+                await client.close()
+        return found
+
+    http, grpc, unknown = asyncio.run(specs())
+    assert http is not None and grpc is None and unknown is None
+    ids, mask = http.inputs
+    assert (ids.role, ids.value_range, mask.role) == ("ids", (0.0, 49.0), "mask")
+
+
+def test_by_default_a_model_gets_ids_from_its_own_vocabulary(
+    vocab_server: BackgroundServer,
+) -> None:
+    config = RunConfig(window_s=0.4, warmup_s=0.2, max_duration_s=1.2)
+    target = Target(vocab_server.http_url, "vocab50")
+    result = asyncio.run(bench(target, [Load("closed", 2)], config))
+    assert result.tally.ok == result.tally.total > 10  # every request answered
+    assert result.data.startswith(
+        "the server's input spec (input_ids: int64[batch, seq] (ids 0..49)"
+    )
+    assert not result.notes
+
+
+def test_a_level_where_nothing_succeeds_ends_the_sweep_and_says_why(
+    vocab_server: BackgroundServer,
+) -> None:
+    config = RunConfig(window_s=0.3, warmup_s=0.1, max_duration_s=0.7)
+    target = Target(vocab_server.grpc_url, "vocab50", "grpc")  # no spec: ids 0..99
+    result = asyncio.run(bench(target, [Load("closed", 1), Load("closed", 2)], config))
+    assert result.stopped == "nothing succeeded at concurrency 1" and len(result.points) == 1
+    assert result.tally.ok == 0 and result.tally.counts["INVALID_ARGUMENT"] == result.tally.total
+    assert "out of data bounds" in result.tally.messages["INVALID_ARGUMENT"]
+    assert result.notes[0].startswith("integer inputs are random 0..99 (input_ids)")

@@ -6,9 +6,17 @@ from pathlib import Path
 
 from inferopt.loadgen.client import Target
 from inferopt.loadgen.metrics import ServerTimes
-from inferopt.loadgen.report import render_html, table, to_json, write_html, write_json
+from inferopt.loadgen.report import (
+    failure,
+    render_html,
+    table,
+    to_json,
+    warning,
+    write_html,
+    write_json,
+)
 from inferopt.loadgen.run import Load, Point, RunConfig
-from inferopt.loadgen.stats import Sample, summarize
+from inferopt.loadgen.stats import Sample, Tally, summarize
 from inferopt.loadgen.sweep import BenchResult
 
 
@@ -52,3 +60,43 @@ def test_the_table_has_a_row_per_level() -> None:
     assert table(result()).row_count == 2
     assert to_json(result())["stopped"] == "every load ran"
     assert "<td>100/s</td>" in render_html(result())
+
+
+def tally(**counts: int) -> Tally:
+    """Answers by status (a keyword can't start with a digit: _400 is status 400)."""
+    t = Tally()
+    for key, count in counts.items():
+        status = key.lstrip("_")
+        for _ in range(count):
+            t.add(status, None if status == "ok" else f"message of {status}")
+    return t
+
+
+def test_nothing_succeeded_is_one_line_with_the_top_status_and_message() -> None:
+    assert failure(tally(_400=30, _503=2)) == (
+        "0 of 32 requests succeeded: 400 (30 of them) 'message of 400'"
+    )
+    assert failure(tally(_400=3)) == "0 of 3 requests succeeded: 400 'message of 400'"
+    assert failure(Tally()) == "no request was answered during the run"
+    assert failure(tally(ok=1, _400=99)) is None
+
+
+def test_most_requests_failing_is_a_warning_and_half_is_not() -> None:
+    assert warning(tally(ok=3, _400=7)) == (
+        "7 of 10 requests failed (70%); most often 400 'message of 400'"
+    )
+    assert warning(tally(ok=5, _400=5)) is None
+    assert warning(tally(_400=5)) is None  # that is a failure, not a warning
+
+
+def test_json_and_html_carry_the_counts_and_what_went_wrong() -> None:
+    r = result()
+    r.tally, r.notes = tally(ok=1, _400=3), ["integer inputs are random 0..99"]
+    doc = to_json(r)
+    assert doc["answers"] == {
+        "total": 4, "ok": 1, "failed": 3, "by_status": {"400": 3, "ok": 1},
+        "messages": {"400": "message of 400"},
+    }  # fmt: skip
+    assert doc["notes"] == ["integer inputs are random 0..99"]
+    page = render_html(r)
+    assert "3 of 4 requests failed (75%)" in page and "random 0..99" in page

@@ -1,9 +1,10 @@
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from inferopt.loadgen.stats import Sample, summarize, windows_agree, within
+from inferopt.loadgen.stats import Sample, Tally, summarize, windows_agree, within
 
 
 def ms_samples(latencies_ms: list[float], outcome: str = "ok") -> list[Sample]:
@@ -58,3 +59,25 @@ def test_within_and_window_agreement() -> None:
     fewer = summarize(ms_samples([10.0] * 50), 1.0, None)
     assert not windows_agree([*steady[:2], fewer], 3, 0.1)  # throughput moved
     assert np.isfinite(steady[0].p99_ms)
+
+
+def test_the_tally_counts_answers_and_keeps_each_statuss_first_message() -> None:
+    tally = Tally()
+    for status, message in [("ok", None), ("400", "bad ids"), ("400", "other"), ("503", "")]:
+        tally.add(status, message)
+    described: list[str] = []
+
+    def describe(status: str) -> Callable[[], str]:
+        def message() -> str:
+            described.append(status)
+            return f"message of {status}"
+
+        return message
+
+    tally.add_failure("400", describe("400"))
+    tally.add_failure("504", describe("504"))
+    assert described == ["504"]  # a status's message is made once, for its first failure
+    assert (tally.total, tally.ok, tally.failed) == (6, 1, 5)
+    assert tally.messages == {"400": "bad ids", "503": "", "504": "message of 504"}
+    assert tally.top_failure() == ("400", 3, "bad ids")
+    assert Tally().top_failure() is None

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from google.protobuf.json_format import ParseDict
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from inferopt.model import load_onnx
@@ -118,4 +121,25 @@ def test_management_is_refused_and_unimplemented_rpcs_say_so(
     with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
         client.load_model("digits-cnn")
     with pytest.raises(InferenceServerException, match="UNIMPLEMENTED"):
-        client.get_model_config("digits-cnn")
+        client.get_system_shared_memory_status()
+
+
+@pytest.mark.parametrize("model", ["digits-cnn", "minilm"])
+def test_model_config_is_tritons_message_and_the_http_view(
+    client: triton.InferenceServerClient, zoo_server: BackgroundServer, model: str
+) -> None:
+    # tritonclient decodes it with Triton's own model_config.proto: field numbers must match
+    config = client.get_model_config(model).config
+    http = httpx.get(f"http://{zoo_server.http_url}/v2/models/{model}/config").json()
+    assert http.pop("inferopt")  # our settings: no field for them in Triton's message
+    assert config == ParseDict(http, model_config_pb2.ModelConfig())
+    assert config.max_batch_size == http["max_batch_size"] > 0
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    first = config.input[0]
+    expected = ("input_ids", model_config_pb2.TYPE_INT64, [-1])
+    if model == "digits-cnn":
+        expected = ("image", model_config_pb2.TYPE_FP32, [1, 8, 8])
+    assert (first.name, first.data_type, list(first.dims)) == expected
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_config("nope")

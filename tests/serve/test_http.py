@@ -9,8 +9,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
+import orjson
 import pytest
 import tritonclient.http as triton
+from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from inferopt.model import Model, load_onnx
@@ -287,3 +290,92 @@ def test_management_api_is_off_by_default(client: triton.InferenceServerClient) 
         client.load_model("digits-cnn")
     with pytest.raises(InferenceServerException, match="management API is off"):
         client.unload_model("digits-cnn")
+
+
+# ---- batch-only tensors ([N]): shown and taken as Triton does, [b, 1] ----
+
+
+def columns_model() -> onnx.ModelProto:
+    """w: string[N] -> Identity -> t; flag: bool[N] -> Not -> nflag."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["t"]), helper.make_node("Not", ["flag"], ["nflag"])],
+        "columns",
+        [
+            helper.make_tensor_value_info("w", TensorProto.STRING, ["N"]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("t", TensorProto.STRING, ["N"]),
+            helper.make_tensor_value_info("nflag", TensorProto.BOOL, ["N"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def columns_body(shape: list[int], flags: bytes) -> tuple[bytes, dict[str, str]]:
+    """A binary request: w = ["yes", "no"], flag = `flags` (raw bytes, one per row)."""
+    words = b"".join(len(w).to_bytes(4, "little") + w for w in (b"yes", b"no"))
+    header = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": shape,
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+            for name, datatype, raw in (("w", "BYTES", words), ("flag", "BOOL", flags))
+        ]
+    }
+    head = orjson.dumps(header)
+    return head + words + flags, {"Inference-Header-Content-Length": str(len(head))}
+
+
+@pytest.fixture
+def columns_url(serve: Callable[..., BackgroundServer], tmp_path: Path) -> str:
+    """The models URL of a server with `columns` (batching) and `flat` (max_batch_size 0)."""
+    onnx.save(columns_model(), str(tmp_path / "columns.onnx"))
+    (tmp_path / "flat" / "1").mkdir(parents=True)
+    onnx.save(columns_model(), str(tmp_path / "flat" / "1" / "model.onnx"))
+    (tmp_path / "flat" / "serve.toml").write_text("max_batch_size = 0\n")
+    return f"http://{serve(tmp_path).http_url}/v2/models"
+
+
+def test_batch_only_tensors_are_shown_as_triton_shows_them(columns_url: str) -> None:
+    config = httpx.get(f"{columns_url}/columns/config").json()
+    column = {"dims": [1], "reshape": {"shape": []}}
+    assert config["input"] == [
+        {"name": "w", "data_type": "TYPE_STRING", **column},
+        {"name": "flag", "data_type": "TYPE_BOOL", **column},
+    ]
+    assert [(o["dims"], o["reshape"]) for o in config["output"]] == [([1], {"shape": []})] * 2
+    assert config["max_batch_size"] > 0 and "dynamic_batching" in config
+    meta = httpx.get(f"{columns_url}/columns").json()
+    assert [t["shape"] for t in meta["inputs"] + meta["outputs"]] == [[-1, 1]] * 4
+    # without batching, `dims` are the whole shape, as the model has it
+    flat = httpx.get(f"{columns_url}/flat/config").json()
+    assert flat["max_batch_size"] == 0 and "dynamic_batching" not in flat
+    assert [(t["dims"], "reshape" in t) for t in flat["input"]] == [([-1], False)] * 2
+
+
+def test_batch_only_inputs_are_taken_as_b_by_1_or_as_the_model_has_them(columns_url: str) -> None:
+    url = f"{columns_url}/columns/infer"
+    # [b, 1], as advertised: answered as [b, 1]; a nonzero BOOL byte is true, as in C++
+    body, headers = columns_body([2, 1], b"\x07\x00")
+    outputs = httpx.post(url, content=body, headers=headers).json()["outputs"]
+    assert [(o["shape"], o["data"]) for o in outputs] == [
+        ([2, 1], ["yes", "no"]),
+        ([2, 1], [False, True]),
+    ]
+    # [b], the model's own shape: answered in the model's shapes
+    body, headers = columns_body([2], b"\x01\x00")
+    outputs = httpx.post(url, content=body, headers=headers).json()["outputs"]
+    assert [(o["shape"], o["data"]) for o in outputs] == [
+        ([2], ["yes", "no"]),
+        ([2], [False, True]),
+    ]
+    body, headers = columns_body([1, 2], b"\x01\x00")
+    wrong = httpx.post(url, content=body, headers=headers)
+    assert wrong.status_code == 400
+    assert "input 'w': shape [1, 2], but the model takes [-1, 1]" in wrong.json()["error"]

@@ -183,6 +183,50 @@ def test_raw_round_trip_every_datatype(datatype: str) -> None:
     assert back.dtype == dtype and np.array_equal(back, array)
 
 
+def test_bool_bytes_are_true_when_nonzero_as_in_cpp() -> None:
+    flags = tensors.from_raw(bytes([0, 1, 2, 255]), "BOOL", (2, 2), "flag")
+    assert flags.dtype == np.bool_ and flags.tolist() == [[False, True], [True, True]]
+    assert flags.view(np.uint8).max() == 1  # normalised: the model sees 0/1 only
+
+
+COLUMNS = IOSpec(
+    inputs=(TensorSpec("w", "object", ("batch",)), TensorSpec("x", "float32", ("batch", 2))),
+    outputs=(TensorSpec("label", "object", ("batch",)), TensorSpec("y", "float32", ("batch", 2))),
+)
+
+
+def test_batch_only_tensors_are_columns_in_tritons_view() -> None:
+    w, x = COLUMNS.inputs
+    assert protocol.batch_only(w) and not protocol.batch_only(x)
+    meta = protocol.tensor_metadata(w, column=True)
+    assert meta == {"name": "w", "datatype": "BYTES", "shape": [-1, 1]}
+    assert protocol.config_tensor(meta, batching=True, column=True) == {
+        "name": "w",
+        "data_type": "TYPE_STRING",
+        "dims": [1],
+        "reshape": {"shape": []},
+    }
+    flat = protocol.config_tensor(protocol.tensor_metadata(x), batching=False, column=False)
+    assert flat == {"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 2]}
+
+
+def test_batch_only_inputs_come_as_columns_or_as_the_model_has_them() -> None:
+    names = frozenset({"w"})
+    words = np.array([[b"a"], [b"b"]], dtype=np.object_)
+    x = np.zeros((2, 2), np.float32)
+    request, advertised = protocol.from_columns(InferRequest({"w": words, "x": x}), names)
+    assert request.inputs["w"].shape == (2,) and request.inputs["x"] is x and advertised
+    protocol.validate(request, COLUMNS)
+    own, advertised = protocol.from_columns(InferRequest({"w": words[:, 0], "x": x}), names)
+    assert own.inputs["w"].shape == (2,) and not advertised
+    with pytest.raises(BadRequest, match=re.escape("input 'w': shape [1, 2], but the model")):
+        protocol.from_columns(InferRequest({"w": words.reshape(1, 2), "x": x}), names)
+    outputs = {"label": words[:, 0], "y": x}
+    shaped = protocol.to_columns(outputs, frozenset({"label"}))
+    assert shaped["label"].shape == (2, 1) and shaped["y"] is x
+    assert protocol.to_columns(outputs, frozenset()) is outputs
+
+
 # ---- property tests: malformed requests give BadRequest, never anything else ----
 
 JSON_VALUES = st.recursive(

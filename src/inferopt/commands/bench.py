@@ -1,6 +1,9 @@
 """`inferopt bench URL --model NAME [--concurrency N,.. | --rate R,..]`: load an Open Inference
 Protocol server, closed or open loop, and report throughput, latency percentiles, goodput,
-refusals and (with our server's /metrics) queue vs compute time. See docs/bench.md."""
+refusals and (with our server's /metrics) queue vs compute time. See docs/bench.md.
+
+Exit status: 0 when requests succeeded (a warning above the table when most failed), 1 when
+none did (one line says the most common status and the server's message), 2 for bad input."""
 
 from __future__ import annotations
 
@@ -11,17 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
+from inferopt.commands.inputs import add_shape_option, shapes
 from inferopt.loadgen.inputs import BenchError
 from inferopt.loadgen.schedule import ARRIVALS
 
 if TYPE_CHECKING:
     from inferopt.loadgen.client import Target
+    from inferopt.loadgen.inputs import DataSource
     from inferopt.loadgen.run import Load, Mode, RunConfig
     from inferopt.loadgen.stats import Summary
-    from inferopt.loadgen.sweep import DataSource
+    from inferopt.loadgen.sweep import BenchResult
 
 console = Console()
+EXIT_NOTHING_SUCCEEDED = 1
 
 
 def add_parser(subparsers: Any) -> None:
@@ -48,8 +55,19 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--slo-ms", help="latency objective for goodput and to stop a sweep")
     parser.add_argument("--max-outstanding", default="1024", help="open loop: cap, then drop")
     parser.add_argument("--timeout", default="30", help="seconds before a request times out")
-    parser.add_argument("--data", help=".npz of inputs keyed by name (first axis: samples)")
-    parser.add_argument("--seq-len", default="16", help="random data: variable axes length")
+    inputs = parser.add_mutually_exclusive_group()
+    inputs.add_argument("--data", help=".npz of inputs keyed by name (first axis: samples)")
+    inputs.add_argument(
+        "--tokenizer",
+        help="text inputs from corpus sentences tokenized by the model's own tokenizer: an HF "
+        "tokenizer folder, a zoo name (minilm) or an `inferopt optimize` artifact folder",
+    )
+    inputs.add_argument("--int-range", help="random integer inputs within LOW..HIGH (inclusive)")
+    parser.add_argument(
+        "--seq-len", help="generated data: variable axes length (default: like real sentences "
+        "for text models with the server's spec, else 16)"
+    )  # fmt: skip
+    add_shape_option(parser)
     parser.add_argument("--metrics-url", help="where /metrics is (default: URL/metrics, HTTP)")
     parser.add_argument("--seed", default="0", help="Poisson arrivals seed")
     parser.add_argument("--json", help="write the result as JSON here")
@@ -75,13 +93,30 @@ def run(args: argparse.Namespace) -> int:
 
         coroutine = bench(target, loads, config, data, args.metrics_url, on_window)
         result = eventloop.run(coroutine)  # uvloop: less of the shared CPU for the generator
+    _say_above_table(result)
     console.print(report.table(result))
-    console.print(f"data: {result.data}; {result.stopped}")
+    console.print(f"data: {result.data}; {result.stopped}", markup=False)  # [batch, seq]
     if args.json:
         console.print(f"wrote {report.write_json(result, args.json)}")
     if args.html:
         console.print(f"wrote {report.write_html(result, args.html)}")
+    failed = report.failure(result.tally)
+    if failed is not None:
+        line = Text.assemble(("inferopt bench: ", "bold red"), failed)
+        Console(stderr=True, soft_wrap=True).print(line, highlight=False)
+        return EXIT_NOTHING_SUCCEEDED
     return 0
+
+
+def _say_above_table(result: BenchResult) -> None:
+    from inferopt.loadgen import report
+
+    for note in result.notes:
+        console.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True, highlight=False)
+    warning = report.warning(result.tally)
+    if warning is not None:
+        line = Text.assemble(("warning: ", "bold yellow"), warning)
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def _progress() -> Progress:
@@ -92,8 +127,8 @@ def _progress() -> Progress:
 def settings(args: argparse.Namespace) -> tuple[Target, list[Load], RunConfig, DataSource]:
     """The command line as the loadgen's frozen configs; a bad value is a one-line BenchError."""
     from inferopt.loadgen.client import Target
+    from inferopt.loadgen.inputs import DataSource
     from inferopt.loadgen.run import Load, RunConfig
-    from inferopt.loadgen.sweep import DataSource
 
     mode: Mode = "open" if args.rate is not None else "closed"
     loads_spec = args.rate if mode == "open" else (args.concurrency or "1")
@@ -113,8 +148,13 @@ def settings(args: argparse.Namespace) -> tuple[Target, list[Load], RunConfig, D
         )
         target = Target(args.url, args.model, args.protocol, args.binary,
                         _number(args.timeout, "--timeout"))  # fmt: skip
-        data = DataSource(Path(args.data) if args.data else None,
-                          int(_number(args.seq_len, "--seq-len")))  # fmt: skip
+        data = DataSource(
+            npz=Path(args.data) if args.data else None,
+            seq_len=None if args.seq_len is None else int(_number(args.seq_len, "--seq-len")),
+            tokenizer=args.tokenizer,
+            int_range=None if args.int_range is None else _int_range(args.int_range),
+            shapes=shapes(args),
+        )
     except ValueError as exc:
         raise BenchError(str(exc)) from None
     return target, loads, config, data
@@ -128,3 +168,13 @@ def _number(text: str, flag: str) -> float:
     if not math.isfinite(value):
         raise BenchError(f"{flag} must be a finite number, got {text!r}")
     return value
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("..")
+    try:
+        if not sep:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise BenchError(f"--int-range must be LOW..HIGH (integers), got {text!r}") from None

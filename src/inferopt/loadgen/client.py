@@ -1,7 +1,9 @@
 """Request makers for HTTP (httpx, JSON or the binary tensor extension) and gRPC (grpc.aio).
 
 Each client encodes its input pool once, up front, and answers `infer()` with an outcome (see
-stats.OUTCOMES) rather than raising: an error is a result to count, not a reason to stop.
+stats.OUTCOMES) rather than raising: an error is a result to count, not a reason to stop. Every
+answer also goes into the client's `tally`, by status, with the server's first message for
+each failing status, so that a failing run can say why.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import grpc
 import httpx
 import orjson
 
+from inferopt.iospec import IOSpec
 from inferopt.loadgen.http1 import HttpError, Pool, encode_post
 from inferopt.loadgen.inputs import BenchError, TensorMeta, Tensors, datatype_of
+from inferopt.loadgen.stats import Tally
 from inferopt.serve.proto import grpc_service_pb2 as pb
 from inferopt.serve.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -29,6 +33,7 @@ _GRPC_OUTCOMES = {
     grpc.StatusCode.UNAVAILABLE: "503",
     grpc.StatusCode.DEADLINE_EXCEEDED: "504",
 }
+_MESSAGE_CHARS = 300  # of a server's error message, kept to say why requests failed
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,11 @@ class Target:
 
 
 class Client(Protocol):
+    tally: Tally
+
     async def metadata(self) -> list[TensorMeta]: ...
+
+    async def spec(self) -> IOSpec | None: ...
 
     def prepare(self, pool: Sequence[Tensors]) -> None: ...
 
@@ -83,6 +92,7 @@ class HttpClient:
         self._http = httpx.AsyncClient(base_url=f"http://{target.address}", timeout=10.0)
         self._pool = Pool(*target.host_port)
         self._requests: itertools.cycle[bytes] | None = None
+        self.tally = Tally()
 
     async def metadata(self) -> list[TensorMeta]:
         try:
@@ -94,6 +104,23 @@ class HttpClient:
         inputs = response.json().get("inputs", [])
         return [TensorMeta(i["name"], i["datatype"], tuple(i["shape"])) for i in inputs]
 
+    async def spec(self) -> IOSpec | None:
+        """The model's input spec where the server publishes one (inferopt's own server: in
+        the model configuration, under "inferopt"); None from any other server."""
+        try:
+            response = await self._http.get(f"/v2/models/{self.target.model}/config")
+            config = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):  # no /config (MLServer), or not JSON
+            return None
+        ours = config.get("inferopt") if isinstance(config, dict) else None
+        published = ours.get("inputs") if isinstance(ours, dict) else None
+        if not isinstance(published, dict):
+            return None
+        try:
+            return IOSpec.from_json(published)
+        except (KeyError, TypeError, ValueError):  # a spec of another shape: not ours to read
+            return None
+
     def prepare(self, pool: Sequence[Tensors]) -> None:
         encode = _binary_body if self.target.binary else _json_body
         path = f"/v2/models/{self.target.model}/infer"
@@ -104,11 +131,17 @@ class HttpClient:
         assert self._requests is not None, "prepare() first"
         try:
             async with asyncio.timeout(self.target.timeout_s):
-                status, _ = await self._pool.send(next(self._requests))
+                status, body = await self._pool.send(next(self._requests))
         except TimeoutError:
+            self.tally.add_failure("timeout", lambda: _no_answer(self.target))
             return "timeout"
-        except (OSError, HttpError, asyncio.IncompleteReadError):
+        except (OSError, HttpError, asyncio.IncompleteReadError) as exc:
+            self.tally.add("connection", _one_line(repr(exc)))
             return "other"
+        if status == 200:
+            self.tally.add("ok")
+            return "ok"
+        self.tally.add_failure(str(status), lambda: _error_message(body))
         return _STATUS_OUTCOMES.get(status, "other")
 
     async def close(self) -> None:
@@ -120,6 +153,25 @@ def _refusal(target: Target, status: int, text: str) -> str:
     if status == 404:
         return f"model {target.model!r} not found at {target.address}: {text.strip()[:200]}"
     return f"{target.address} answered {status} for model {target.model!r}: {text.strip()[:200]}"
+
+
+def _error_message(body: bytes) -> str:
+    """The server's error: the Open Inference Protocol's {"error": ...}, else the body."""
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        decoded = None
+    if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+        return _one_line(decoded["error"])
+    return _one_line(body.decode("utf-8", errors="replace"))
+
+
+def _no_answer(target: Target) -> str:
+    return f"no answer within --timeout ({target.timeout_s:g} s)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:_MESSAGE_CHARS]
 
 
 def _json_body(tensors: Tensors) -> tuple[bytes, dict[str, str]]:
@@ -162,6 +214,7 @@ class GrpcClient:
         # The generated stub is untyped; its methods are called as documented in the .proto.
         self._stub: Any = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._requests: itertools.cycle[pb.ModelInferRequest] | None = None
+        self.tally = Tally()
 
     async def metadata(self) -> list[TensorMeta]:
         request = pb.ModelMetadataRequest(name=self.target.model)
@@ -174,6 +227,11 @@ class GrpcClient:
             where = f"grpc://{self.target.address}"
             raise BenchError(f"cannot reach {where}: {exc.code().name} {exc.details()}") from exc
         return [TensorMeta(i.name, i.datatype, tuple(i.shape)) for i in response.inputs]
+
+    async def spec(self) -> IOSpec | None:
+        """None: Triton's ModelConfig message has no field for our spec (our server publishes
+        it over HTTP only)."""
+        return None
 
     def prepare(self, pool: Sequence[Tensors]) -> None:
         self._requests = itertools.cycle([self._request(tensors) for tensors in pool])
@@ -194,8 +252,11 @@ class GrpcClient:
                 exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 and exc.details() == "Deadline Exceeded"
             ):
+                self.tally.add_failure("timeout", lambda: _no_answer(self.target))
                 return "timeout"  # our own deadline, not the server's 504
+            self.tally.add(exc.code().name, _one_line(exc.details() or ""))
             return _GRPC_OUTCOMES.get(exc.code(), "other")
+        self.tally.add("ok")
         return "ok"
 
     async def close(self) -> None:

@@ -1,6 +1,7 @@
 """A benchmark's result as a rich table, a JSON document (fields in docs/bench.md) and a
 self-contained HTML page with plots (latency vs load, goodput vs load) in the house style of
-inferopt.report.html: every plot an embedded PNG, the JSON record carried in the page.
+inferopt.report.html: every plot an embedded PNG, the JSON record carried in the page. And
+the verdict on a failing run: one line when nothing succeeded, a warning when most failed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from inferopt.loadgen.run import Point
-from inferopt.loadgen.stats import OUTCOMES, Summary
+from inferopt.loadgen.stats import OUTCOMES, Summary, Tally
 from inferopt.loadgen.sweep import BenchResult
 from inferopt.report.html import COLORS, PAGE, figure_png
 
 SCHEMA = "inferopt-bench/1"
+MOSTLY_FAILED = 0.5  # warn when more than this share of the answers were failures
 
 
 def to_json(result: BenchResult) -> dict[str, Any]:
@@ -38,9 +40,48 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "seed": c.seed,
         },
         "data": result.data,
+        "notes": result.notes,
         "stopped": result.stopped,
+        "answers": _tally_json(result.tally),
         "points": [_point_json(p) for p in result.points],
     }
+
+
+def _tally_json(tally: Tally) -> dict[str, Any]:
+    return {
+        "total": tally.total,
+        "ok": tally.ok,
+        "failed": tally.failed,
+        "by_status": dict(tally.counts.most_common()),
+        "messages": tally.messages,
+    }
+
+
+def failure(tally: Tally) -> str | None:
+    """One line when no request succeeded (the run measured nothing), else None."""
+    if tally.ok:
+        return None
+    if not tally.total:
+        return "no request was answered during the run"
+    return f"0 of {tally.total} requests succeeded: {_top(tally)}"
+
+
+def warning(tally: Tally) -> str | None:
+    """A warning when most answers were failures (but some succeeded), else None."""
+    if not tally.ok or tally.failed <= MOSTLY_FAILED * tally.total:
+        return None
+    return (
+        f"{tally.failed} of {tally.total} requests failed ({tally.failed / tally.total:.0%}); "
+        f"most often {_top(tally)}"
+    )
+
+
+def _top(tally: Tally) -> str:
+    top = tally.top_failure()
+    assert top is not None, "called only when some requests failed"
+    status, count, message = top
+    share = "" if count == tally.failed else f" ({count} of them)"
+    return f"{status}{share} {message!r}" if message else f"{status}{share}"
 
 
 def _point_json(p: Point) -> dict[str, Any]:
@@ -163,9 +204,11 @@ def render_html(result: BenchResult) -> str:
     rows = "".join(_html_row(p) for p in result.points)
     cells = "".join(f"<th>{h}</th>" for h in ("load", "req/s", "goodput/s", "p50", "p99", "p99.9"))
     errors = "".join(f"<th>{o}</th>" for o in OUTCOMES if o != "ok")
+    said = [w for w in (failure(result.tally), warning(result.tally)) if w] + result.notes
     sections = [
         f"<h1>{html.escape(heading)}</h1><p class=meta>{html.escape(result.data)}; "
         f"{html.escape(result.stopped)}</p>",
+        "".join(f"<p class=meta>{html.escape(line)}</p>" for line in said),
         f"<section><h2>Figures</h2><table><thead><tr>{cells}{errors}</tr></thead>"
         f"<tbody>{rows}</tbody></table></section>",
         f"<section><h2>Latency vs load</h2>{figure_png(plot_latency(result))}</section>",

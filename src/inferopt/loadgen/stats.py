@@ -1,5 +1,6 @@
 """Samples (one per request) and what is computed from them: percentiles, throughput,
-goodput, counts by outcome, and whether measurement windows agree.
+goodput, counts by outcome, and whether measurement windows agree; and the tally of every
+answer by status, with the server's message, that says why a run failed.
 
 Latency is in seconds here; the report converts to milliseconds.
 """
@@ -7,8 +8,8 @@ Latency is in seconds here; the report converts to milliseconds.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +49,46 @@ class Summary:
     @property
     def errors(self) -> int:
         return self.requests - self.outcomes["ok"]
+
+
+@dataclass
+class Tally:
+    """Every answer of the run by status, warm-up included ("ok", an HTTP status such as
+    "400", a gRPC code name, "timeout" or "connection"), and the first message of each failing
+    status: a run that fails should say how, in the server's words."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    messages: dict[str, str] = field(default_factory=dict)
+
+    def add(self, status: str, message: str | None = None) -> None:
+        self.counts[status] += 1
+        if message is not None and status not in self.messages:
+            self.messages[status] = message
+
+    def add_failure(self, status: str, describe: Callable[[], str]) -> None:
+        """Count a failure; `describe` (decoding a body costs CPU) only runs for the first
+        of its status."""
+        self.add(status, describe() if status not in self.messages else None)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> int:
+        return self.counts["ok"]
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.ok
+
+    def top_failure(self) -> tuple[str, int, str] | None:
+        """The most common failing status, its count and its first message; None if none."""
+        failures = [(count, status) for status, count in self.counts.items() if status != "ok"]
+        if not failures:
+            return None
+        count, status = max(failures)
+        return status, count, self.messages.get(status, "")
 
 
 def percentile_label(q: float) -> str:

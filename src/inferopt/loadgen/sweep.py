@@ -1,5 +1,6 @@
-"""A whole benchmark: connect, read the model's inputs, prepare data, then run load levels
-in order until the list ends, the SLO is broken, or the server saturates.
+"""A whole benchmark: connect, read the model's inputs (and its input spec, where the server
+publishes one), prepare data, then run load levels in order until the list ends, the SLO is
+broken, nothing succeeds, or the server saturates.
 
     result = asyncio.run(bench(Target("127.0.0.1:8000", "digits"), loads, RunConfig()))
 """
@@ -7,36 +8,17 @@ in order until the list ends, the SLO is broken, or the server saturates.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import httpx
 
 from inferopt.loadgen.client import Client, Target, make_client
-from inferopt.loadgen.inputs import (
-    BenchError,
-    TensorMeta,
-    Tensors,
-    corpus_pool,
-    is_text_model,
-    npz_pool,
-    random_pool,
-)
+from inferopt.loadgen.inputs import DataSource, choose
 from inferopt.loadgen.metrics import Snapshot, scrape
 from inferopt.loadgen.run import Load, OnWindow, Point, RunConfig, Scrape, run_point
+from inferopt.loadgen.stats import Tally
 
 SATURATION_GAIN = 0.05  # a level must add this much throughput over the last, else: saturated
-
-
-@dataclass(frozen=True)
-class DataSource:
-    npz: Path | None = None  # else random from metadata, or the corpus for text models
-    seq_len: int = 16  # for random data: the length of variable non-batch axes
-    corpus: bool = True  # text models: real sentences rather than random ids
-
-    def __post_init__(self) -> None:
-        if self.seq_len < 1:
-            raise ValueError(f"the sequence length must be >= 1, got {self.seq_len}")
 
 
 @dataclass
@@ -46,6 +28,8 @@ class BenchResult:
     data: str  # where the inputs came from, in words
     points: list[Point]
     stopped: str  # why the sweep ended
+    tally: Tally = field(default_factory=Tally)  # every answer by status, warm-up included
+    notes: list[str] = field(default_factory=list)  # about the inputs, for the user
 
 
 async def bench(
@@ -61,8 +45,8 @@ async def bench(
     client = make_client(target)
     try:
         metas = await client.metadata()
-        pool, origin = _pool(metas, data or DataSource())
-        client.prepare(pool)
+        inputs = choose(metas, await client.spec(), data or DataSource())
+        client.prepare(inputs.pool)
         async with httpx.AsyncClient() as http:
             url = metrics_url or _default_metrics_url(target)
 
@@ -72,7 +56,7 @@ async def bench(
             points, stopped = await _sweep(client, loads, config, snapshot, on_window)
     finally:
         await client.close()
-    return BenchResult(target, config, origin, points, stopped)
+    return BenchResult(target, config, inputs.origin, points, stopped, client.tally, inputs.notes)
 
 
 async def _sweep(
@@ -94,6 +78,8 @@ async def _sweep(
 def stop_reason(points: Sequence[Point], slo_ms: float | None) -> str | None:
     """Why a sweep should not go on after the last point, or None."""
     last = points[-1].summary
+    if last.requests and not last.outcomes["ok"]:  # more load will not make them succeed
+        return f"nothing succeeded at {points[-1].load.label}"
     if slo_ms is not None and not last.p99_ms <= slo_ms:  # NaN (nothing answered) breaks it
         return f"SLO broken at {points[-1].load.label}: p99 {last.p99_ms:.1f} > {slo_ms:g} ms"
     if len(points) >= 2:
@@ -104,19 +90,6 @@ def stop_reason(points: Sequence[Point], slo_ms: float | None) -> str | None:
                 f"{SATURATION_GAIN:.0%} above the best before ({best:.1f}/s)"
             )
     return None
-
-
-def _pool(metas: list[TensorMeta], data: DataSource) -> tuple[list[Tensors], str]:
-    if not metas:
-        raise BenchError("the model's metadata lists no inputs")
-    if data.npz is not None:
-        return npz_pool(data.npz, metas), f"file {data.npz}"
-    if data.corpus and is_text_model(metas):
-        pool = corpus_pool(metas)
-        lengths = [s["input_ids"].shape[-1] for s in pool]
-        return pool, f"zoo corpus: {len(pool)} sentences, {min(lengths)}-{max(lengths)} tokens"
-    shapes = ", ".join(f"{m.name} {m.datatype}{list(m.shape)}" for m in metas)
-    return random_pool(metas, data.seq_len), f"random from metadata ({shapes})"
 
 
 def _default_metrics_url(target: Target) -> str | None:

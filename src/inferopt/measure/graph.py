@@ -15,13 +15,17 @@ import math
 import onnx_ir as ir
 import onnxscript.optimizer
 
+from inferopt import compat, external
 from inferopt.model import Model
 
 
 def shaped_graph(model: Model, batch: int, seq: int | None) -> ir.Graph:
     """The model's main graph with inputs fixed to (batch, seq), constants folded, and the shape
     of every value inferred where the graph allows it."""
-    ir_model = ir.serde.deserialize_model(model.proto)  # a fresh IR: folding mutates it
+    # A fresh IR (folding mutates it), without map types, which onnx-ir cannot read (ZipMap).
+    proto = model.proto
+    hidden = compat.map_types(proto)
+    ir_model = external.to_ir(compat.without_types(proto, hidden) if hidden else proto)
     for value in ir_model.graph.inputs:
         spec = model.io.input(value.name or "")
         value.shape = ir.Shape(model.io.concrete_shape(spec, batch, seq or 1))

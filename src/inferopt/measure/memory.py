@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import psutil
 
 from inferopt.iospec import IOSpec
@@ -72,6 +73,9 @@ class ChildJob:
     arena: bool
     runs: int
     seed: int
+    # The folder of the model's external data when its weights stay on disk (over 2 GiB):
+    # only the graph is written for the child, which maps the weights from where they are.
+    data_dir: str | None = None
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "io": self.io.to_json()})
@@ -103,7 +107,7 @@ def measure_in_this_process(job: ChildJob) -> ChildResult:
     before_load = meter.rss()
     meter.reset_peak()
     config = SessionConfig(intra_op_threads=job.threads, memory_arena=job.arena)
-    session = create_session(job.model_path, config)
+    session = create_session(job.model_path, config, data_dir=job.data_dir)
     load_peak = meter.peak() - before_load
     loaded = meter.rss()
     peaks, retained = [], []
@@ -157,8 +161,9 @@ def measure_memory(
     measured from the smallest to the largest; results come back in the given order."""
     order = sorted(range(len(points)), key=lambda i: _elements(points[i]))
     with tempfile.TemporaryDirectory(prefix="inferopt-memory-") as folder:
-        path = str(model.save(Path(folder) / "model.onnx"))
-        job = ChildJob(path, model.io, tuple(points[i] for i in order), threads, True, runs, seed)
+        path, data_dir = _write_for_child(model, Path(folder) / "model.onnx")
+        chosen = tuple(points[i] for i in order)
+        job = ChildJob(path, model.io, chosen, threads, True, runs, seed, data_dir)
         arena = run_child(job, timeout_s)
         no_arena = run_child(dataclasses.replace(job, arena=False, runs=1), timeout_s)
     by_point: dict[int, PointMemory] = {}
@@ -175,6 +180,15 @@ def measure_memory(
         load_retained_bytes=arena.load_retained_bytes,
         points=tuple(by_point[i] for i in range(len(points))),
     )
+
+
+def _write_for_child(model: Model, path: Path) -> tuple[str, str | None]:
+    """The file the child loads, and the folder of its weights when they stay on disk (not
+    copied: a 2 GiB copy per probe would cost more than the probe)."""
+    if model.data_dir is None:
+        return str(model.save(path)), None
+    onnx.save_model(model.stamped_proto(), str(path))
+    return str(path), str(model.data_dir)
 
 
 def _elements(point: Point) -> int:

@@ -15,7 +15,9 @@ from inferopt.report.schema import SizeFigures
 
 
 def size_figures(model: Model) -> SizeFigures:
-    """Serialized size, and parameters (initializers and Constant tensors) by element type."""
+    """Size as saved (the graph and any external-data files), and parameters (initializers
+    and Constant tensors) by element type, counted from shapes: weights kept on disk are not
+    read."""
     count: Counter[str] = Counter()
     size: Counter[str] = Counter()
     for tensor in _parameters(model.proto.graph):

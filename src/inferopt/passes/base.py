@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from inferopt.data import Dataset, Layout
+from inferopt import compat, external
+from inferopt.data import Dataset, Layout, batch_first
 from inferopt.errors import InferoptError, first_line
-from inferopt.iospec import from_signature
+from inferopt.iospec import from_signature, suspect_input
 from inferopt.measure.channels import compare_outputs
 from inferopt.model import Model, from_proto
 from inferopt.parity import nonfinite_share
@@ -43,6 +44,7 @@ EXACT = Tolerance(atol=1e-3, rtol=1e-3)  # graph rewrites: only float re-associa
 # One-row generated verification feeds of these sequence lengths: stacked, the shorter ones
 # are padded beside the longest, which is where a dropped mask shows.
 GENERATED_LENGTHS = (16, 5, 11, 3)
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class Pass:
 
     name: ClassVar[str]
     tolerance: ClassVar[Tolerance] = EXACT
+    # Passes that rewrite weights through libraries that need them in memory (ORT's
+    # quantizer, the fp16 converter) cannot take a model whose weights stay on disk (> 2 GB).
+    needs_weights_in_memory: ClassVar[bool] = False
     # Option sets the auto-search tries, cheapest first; empty: the search leaves it out.
     search: ClassVar[tuple[dict[str, Any], ...]] = ()
 
@@ -88,12 +93,34 @@ class Pass:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
 
     def __call__(self, model: Model, context: PassContext) -> Model:
+        if self.needs_weights_in_memory and model.data_dir is not None:
+            raise PassError(
+                f"pass {self.name!r} needs the weights in memory; this model's ({model.name}) "
+                "are over 2 GB and stay in their files, which only fold, dce, fuse and "
+                "ort-optimize work on"
+            )
+        # Map-typed outputs (ZipMap) cannot be read by onnx-ir: the pass sees them untyped,
+        # and the result gets their types back.
+        hidden = compat.map_types(model.proto)
+        work = model
+        if hidden:
+            work = Model(compat.without_types(model.proto, hidden), model.io, model.provenance)
         try:
-            result = self.run(model, context)
+            result = self.run(work, context)
         except InferoptError:
             raise
         except Exception as exc:  # library errors (ORT, onnxscript): name the pass
             raise PassError(f"pass {self.name!r} failed: {first_line(exc, named=True)}") from exc
+        if hidden:
+            result = replace(result, proto=compat.with_types(result.proto, hidden))
+        if "changed" not in result.report and _same_graph(model.proto, result.proto):
+            # Say so: a pass that silently did nothing reads as a result (quantizing op
+            # types the quantizer does not handle, fusing a graph with nothing to fuse).
+            ops = sorted({n.op_type for n in model.proto.graph.node})
+            result.report["changed"] = False
+            context.notes.append(
+                f"pass {self.name!r} changed nothing in this model (its op types: {', '.join(ops)})"
+            )
         step = {"pass": self.name, "options": self.options(), "report": result.report}
         provenance = replace(model.provenance, steps=(*model.provenance.steps, step))
         try:
@@ -125,7 +152,13 @@ def verify(
     for index, (ref, got) in enumerate(zip(alone_before, alone_after, strict=True)):
         _check_outputs(name, ref, got, tolerance, f"row {index}")
     if tolerance.min_cosine is not None:
-        _check_channels(name, alone_before, alone_after, tolerance.min_cosine)
+        layout = Layout.of(before.io)
+        _check_channels(
+            name,
+            [batch_first(r, layout) for r in alone_before],
+            [batch_first(r, layout) for r in alone_after],
+            tolerance.min_cosine,
+        )
     if len(feeds) > 1 and before.io.batch_axis is not None:
         _check_batch(before, after, name, tolerance, feeds, alone_before, alone_after)
 
@@ -210,9 +243,7 @@ def _require_finite(name: str, outputs: dict[str, Any], row: int, model: Model) 
     for output, values in outputs.items():
         share = nonfinite_share(values) if isinstance(values, np.ndarray) else 0.0
         if share:
-            suspect = next(
-                (f"{t.role} {t.name!r}" for t in model.io.inputs if t.role != "values"), None
-            )
+            suspect = suspect_input(model.io)
             hint = f"; the input most likely at fault: {suspect}" if suspect else ""
             raise PassError(
                 f"pass {name!r}: the input model's output {output!r} is not finite on "
@@ -245,9 +276,13 @@ def _check_output(
         return
     share = nonfinite_share(got)
     if share:
+        peak = float(np.max(np.abs(ref)))
+        why = ""
+        if got.dtype == np.float16 and peak > FLOAT16_MAX:
+            why = f" (float16 holds at most {FLOAT16_MAX:g}; the expected values reach {peak:.3g})"
         raise PassError(
             f"pass {name!r} made output {output!r} non-finite{at}: {share:.1%} of its values "
-            "are NaN/Inf"
+            f"are NaN/Inf{why}"
         )
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     exact = tol.atol is not None and tol.rtol is not None
@@ -289,6 +324,20 @@ def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
+def _same_graph(before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
+    """The same nodes (op types and attributes in order) and the same initializers by name
+    and shape: what a pass that changed nothing returns (values are not compared)."""
+    a, b = before.graph, after.graph
+    if len(a.node) != len(b.node) or len(a.initializer) != len(b.initializer):
+        return False
+    nodes = all(
+        x.op_type == y.op_type and x.domain == y.domain and list(x.input) == list(y.input)
+        for x, y in zip(a.node, b.node, strict=True)
+    )
+    weights = sorted((i.name, tuple(i.dims), i.data_type) for i in a.initializer)
+    return nodes and weights == sorted((i.name, tuple(i.dims), i.data_type) for i in b.initializer)
+
+
 def copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
     new = onnx.ModelProto()
     new.CopyFrom(proto)
@@ -300,5 +349,5 @@ def toposort(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_ir as ir
     from onnx_ir.passes.common import TopologicalSortPass
 
-    model = ir.serde.deserialize_model(proto)
+    model = external.to_ir(proto)
     return ir.serde.serialize_model(TopologicalSortPass()(model).model)

@@ -14,6 +14,7 @@ import onnxscript.optimizer
 from onnxscript.rewriter import ort_fusions, pattern
 from onnxscript.rewriter.rules import common as rules
 
+from inferopt import external
 from inferopt.model import Model
 from inferopt.passes.base import Pass, PassContext, PassResult
 
@@ -48,8 +49,9 @@ def why_not(model: ir.Model, rule: Any) -> str:
 
 
 def _drop_equal_qkv_sizes(model: ir.Model) -> None:
-    """Equal Q, K and V sizes are Attention's default split, so the attribute says nothing; ORT's
-    quantizer declines to make QAttention from a node that carries it."""
+    """Equal Q, K and V sizes are Attention's default split, so the attribute says nothing;
+    dropping it leaves the plain form every consumer reads (ORT's own quantizer, for one,
+    declines to touch a node that carries it; inferopt's int8 splits Attention either way)."""
     for node in model.graph:
         sizes = node.attributes.get("qkv_hidden_sizes")
         if node.op_type == "Attention" and sizes is not None and len(set(sizes.as_ints())) == 1:
@@ -76,7 +78,7 @@ class Fuse(Pass):
     search = ({},)
 
     def run(self, model: Model, context: PassContext) -> PassResult:
-        graph = ir.serde.deserialize_model(model.proto)
+        graph = external.to_ir(model.proto)  # weights over 2 GB stay in their files
         fired: dict[str, int] = {}
         not_fired: dict[str, str] = {}
         if self.cnn:  # before the optimizer, whose default rules would fuse some uncounted

@@ -1,5 +1,9 @@
 """Graph clean-up passes: constant folding, dead-node elimination, and ONNX Runtime's own graph
-optimizations saved as an offline-optimized model (so sessions skip that work at start-up)."""
+optimizations saved as an offline-optimized model (so sessions skip that work at start-up).
+
+Weights kept on disk (models over 2 GiB, see inferopt.external) stay there: the onnx-ir passes
+read them lazily from their folder and write references back, and ONNX Runtime writes the
+optimized model's weights to a data file of its own."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes import common as ir_passes
 
+from inferopt import external
 from inferopt.model import Model
 from inferopt.passes.base import Pass, PassContext, PassResult
 from inferopt.runtime import SessionConfig, create_session
@@ -30,7 +35,8 @@ class FoldConstants(Pass):
     name = "fold"
 
     def run(self, model: Model, context: PassContext) -> PassResult:
-        folded = onnxscript.optimizer.optimize(model.proto)
+        graph = external.to_ir(model.proto)
+        folded = ir.serde.serialize_model(onnxscript.optimizer.optimize(graph))
         report = {"nodes_before": _node_count(model.proto), "nodes_after": _node_count(folded)}
         return PassResult(folded, report)
 
@@ -42,7 +48,7 @@ class EliminateDeadNodes(Pass):
     name = "dce"
 
     def run(self, model: Model, context: PassContext) -> PassResult:
-        graph = ir.serde.deserialize_model(model.proto)
+        graph = external.to_ir(model.proto)
         for step in (
             ir_passes.RemoveUnusedNodesPass(),
             ir_passes.RemoveUnusedFunctionsPass(),  # type: ignore[no-untyped-call]
@@ -72,17 +78,33 @@ class OrtOptimize(Pass):
             raise ValueError(f"ORT optimization level must be one of {sorted(_ORT_LEVELS)}")
 
     def run(self, model: Model, context: PassContext) -> PassResult:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "optimized.onnx"
-            config = SessionConfig(
-                graph_optimization=_ORT_LEVELS[self.level],  # type: ignore[arg-type]
-                optimized_model_path=str(out),
-            )
-            create_session(model.proto, config, label=model.name)
-            optimized = onnx.load(str(out))
+        if model.data_dir is not None:
+            optimized = self._optimize_on_disk(model)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "optimized.onnx"
+                create_session(model.proto, self._config(out), label=model.name)
+                optimized = onnx.load(str(out))
         report = {
             "level": self.level,
             "nodes_before": _node_count(model.proto),
             "nodes_after": _node_count(optimized),
         }
         return PassResult(optimized, report)
+
+    def _config(self, out: Path, data: str | None = None) -> SessionConfig:
+        return SessionConfig(
+            graph_optimization=_ORT_LEVELS[self.level],  # type: ignore[arg-type]
+            optimized_model_path=str(out),
+            optimized_model_data=data,
+        )
+
+    def _optimize_on_disk(self, model: Model) -> onnx.ModelProto:
+        """The optimized graph, with its weights in a data file ONNX Runtime writes to a
+        folder that outlives this pass (the new model reads them from there)."""
+        folder = external.scratch_dir()
+        out = folder / "optimized.onnx"
+        create_session(model.proto, self._config(out, f"{out.name}.data"), label=model.name)
+        optimized = onnx.load(str(out), load_external_data=False)
+        external.set_data_dir(optimized, folder)
+        return optimized

@@ -36,6 +36,7 @@ def _no_fast_path_note(kind: str, context: PassContext) -> None:
 class Float16(Pass):
     keep_io_types: bool = True
     name = "fp16"
+    needs_weights_in_memory = True
     search = ({},)
     tolerance = Tolerance(min_cosine=0.999)
 
@@ -55,6 +56,7 @@ class Float16(Pass):
 class BFloat16Weights(Pass):
     min_elements: int = 1024  # small tensors (biases, scales) stay fp32: no size to win
     name = "bf16"
+    needs_weights_in_memory = True
     search = ({},)
     tolerance = Tolerance(min_cosine=0.999)
 

@@ -4,13 +4,19 @@ at run time) and static (QDQ, activation ranges calibrated here in bounded memor
 Signedness follows the CPU: without VNNI, ORT's u8s8 integer kernels add pairs of products in
 16 bits and can saturate, which is why one model loses accuracy on one CPU and not another;
 there weights default to uint8 (u8u8 kernels). With VNNI (or AMX) int8 weights are exact and
-fast. Every default can be overridden."""
+fast. Every default can be overridden.
+
+Fused attention is never handed to ORT's quantizer whole: its QAttention drops the attention
+bias that carries the padding mask (see passes/attention.py). Dynamic int8 splits each fused
+Attention into a projection MatMul, which it quantizes, and a float MultiHeadAttention core
+that keeps every mask; a node that cannot be split stays in float, and the report says which
+and why."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,9 +34,9 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
 from inferopt import hardware
 from inferopt.errors import InputError
-from inferopt.model import Model
-from inferopt.passes import sensitivity
-from inferopt.passes.base import Pass, PassContext, PassResult, Tolerance
+from inferopt.model import Model, from_proto
+from inferopt.passes import attention, sensitivity
+from inferopt.passes.base import Pass, PassContext, PassResult, Tolerance, copy_proto
 from inferopt.passes.calibrate import CalibrationConfig, Method, collect_ranges
 
 Signedness = Literal["auto", "int8", "uint8"]
@@ -67,12 +73,50 @@ def quantizable_nodes(proto: onnx.ModelProto, op_types: tuple[str, ...]) -> list
     ]
 
 
-def _require_quantizable(proto: onnx.ModelProto, op_types: tuple[str, ...], label: str) -> None:
-    if not quantizable_nodes(proto, op_types):
-        raise InputError(
-            f"{label}: the model has no quantizable ops ({', '.join(op_types)} with constant "
-            "weights); int8 quantization would change nothing"
-        )
+def nothing_to_quantize(
+    proto: onnx.ModelProto,
+    op_types: tuple[str, ...],
+    name: str,
+    kept: dict[str, str] | None = None,
+) -> str | None:
+    """When no node would be quantized, the note that says so: the op types the pass takes,
+    the weighted op types the model has instead (subgraphs included), and the Attention nodes
+    left in float with the reason (`kept`); None when there is something to quantize."""
+    if quantizable_nodes(proto, op_types):
+        return None
+    found = ", ".join(_weighted_op_types(proto)) or "none"
+    why = "".join(f"; Attention {n!r} stays float: {r}" for n, r in (kept or {}).items())
+    return (
+        f"pass {name!r} changed nothing: it quantizes {', '.join(op_types) or 'nothing'} with "
+        f"constant weights, and this model's weighted ops are {found}{why}"
+    )
+
+
+def unchanged(model: Model, context: PassContext, note: str) -> PassResult:
+    """The model as it was, with the note on the console and in the report: a quantization
+    that changes nothing is said, not raised (it is a fact about the model, not an error)."""
+    context.notes.append(note)
+    return PassResult(copy_proto(model.proto), {"changed": False, "note": note})
+
+
+def _weighted_op_types(proto: onnx.ModelProto) -> list[str]:
+    """Op types with a constant second input, in the main graph or (marked) in subgraphs."""
+    constants = {i.name for i in proto.graph.initializer}
+    found: dict[str, None] = {}
+
+    def walk(graph: onnx.GraphProto, inside: bool) -> None:
+        constants.update(i.name for i in graph.initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                constants.update(node.output)
+            if len(node.input) > 1 and node.input[1] in constants:
+                found[node.op_type + (" (in a subgraph)" if inside else "")] = None
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    walk(sub, True)
+
+    walk(proto.graph, False)
+    return list(found)
 
 
 def _quiet_ort_quantizer() -> None:
@@ -90,6 +134,7 @@ class DynamicInt8(Pass):
     include: tuple[str, ...] = ()  # when set, only these nodes are quantized
     fallback: float | None = None  # target cosine: keep the most sensitive nodes in float
     name = "int8-dynamic"
+    needs_weights_in_memory = True
     search = ({},)
     # Tried only when the plain variant misses the budget: the sensitivity scan is costly.
     fallback_targets = (0.999, 0.9997)
@@ -99,7 +144,11 @@ class DynamicInt8(Pass):
         _check_common(self.weights, self.fallback)
 
     def run(self, model: Model, context: PassContext) -> PassResult:
-        _require_quantizable(model.proto, self.op_types, model.name)
+        original = model
+        model, options, split = self._split_attention(model, context)
+        note = nothing_to_quantize(model.proto, options.op_types, self.name, split.kept)
+        if note is not None:
+            return unchanged(original, context, note)
         _quiet_ort_quantizer()
 
         def quantize(exclude: tuple[str, ...], include: tuple[str, ...]) -> onnx.ModelProto:
@@ -108,17 +157,48 @@ class DynamicInt8(Pass):
                 quantize_dynamic(
                     model.proto,
                     out,
-                    op_types_to_quantize=list(self.op_types),
-                    per_channel=self.per_channel,
-                    reduce_range=self.reduce_range,
-                    weight_type=weight_type(self.weights),
-                    nodes_to_quantize=list(include or self.include) or None,
-                    nodes_to_exclude=list(self.exclude + exclude) or None,
+                    op_types_to_quantize=list(options.op_types),
+                    per_channel=options.per_channel,
+                    reduce_range=options.reduce_range,
+                    weight_type=weight_type(options.weights),
+                    nodes_to_quantize=list(include or options.include) or None,
+                    nodes_to_exclude=list(options.exclude + exclude) or None,
                 )
                 return onnx.load(str(out))
 
-        report = {"weight_type": weight_type(self.weights).name}
-        return _with_fallback(model, context, quantize, self, report)
+        report: dict[str, object] = {"weight_type": weight_type(self.weights).name}
+        if split.projections or split.kept:
+            report["attention"] = {"split": split.projections, "kept_float": split.kept}
+        return _with_fallback(model, context, quantize, options, report)
+
+    def _split_attention(
+        self, model: Model, context: PassContext
+    ) -> tuple[Model, DynamicInt8, attention.Split]:
+        """The model with its fused Attention nodes split (when Attention is among the op
+        types), and these options restated for it."""
+        if "Attention" not in self.op_types:
+            return model, self, attention.Split(model.proto)
+        split = attention.split_attention(model.proto)
+        for node, reason in split.kept.items():
+            context.notes.append(f"int8-dynamic: Attention {node!r} kept in float: {reason}")
+        options = self._after_split(split, model.proto)
+        if split.projections:
+            model = from_proto(split.proto, model.provenance, verify=False).with_io(model.io)
+        return model, options, split
+
+    def _after_split(self, split: attention.Split, proto: onnx.ModelProto) -> DynamicInt8:
+        """These options restated for the split model: Attention is left out of the op types
+        (a node that could not be split stays in float), names given for split Attention
+        nodes apply to their projections, and when MatMul was not asked for, only the
+        projections are quantized among the MatMuls."""
+        op_types = tuple(t for t in self.op_types if t != "Attention")
+        exclude = tuple(split.projections.get(n, n) for n in self.exclude)
+        include = tuple(split.projections.get(n, n) for n in self.include)
+        if split.projections and "MatMul" not in op_types:
+            op_types += ("MatMul",)
+            others = quantizable_nodes(proto, ("MatMul",))
+            exclude += tuple(n for n in others if n not in include)
+        return replace(self, op_types=op_types, exclude=exclude, include=include)
 
 
 @dataclass(frozen=True)
@@ -134,6 +214,7 @@ class StaticInt8(Pass):
     include: tuple[str, ...] = ()
     fallback: float | None = None  # target cosine: keep the most sensitive nodes in float
     name = "int8-static"
+    needs_weights_in_memory = True
     search = ({"calibration": "minmax"}, {"calibration": "percentile"}, {"calibration": "entropy"})
     fallback_targets = (0.999, 0.9997)
     tolerance = INT8_TOLERANCE
@@ -151,7 +232,9 @@ class StaticInt8(Pass):
                 "model's own data)"
             )
         context.calibration.check_against(model.io)
-        _require_quantizable(model.proto, self.op_types, model.name)
+        note = nothing_to_quantize(model.proto, self.op_types, self.name)
+        if note is not None:
+            return unchanged(model, context, note)
         config = CalibrationConfig(self.calibration, self.percentile, max_samples=self.samples)
         ranges = collect_ranges(model.proto, context.calibration, config)
         _quiet_ort_quantizer()

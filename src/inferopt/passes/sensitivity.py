@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from inferopt.data import Layout, batch_first
 from inferopt.measure.channels import compare_outputs
 from inferopt.model import Model, Provenance, from_proto
 
@@ -35,9 +36,9 @@ Rows = list[dict[str, np.ndarray]]
 
 def _outputs(model: Model, feeds: Sequence[dict[str, np.ndarray]]) -> Rows:
     """Every float output of every feed (ids and labels are not compared here)."""
-    rows = [model.run(feed) for feed in feeds]
-    return [{k: v for k, v in r.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
-            for r in rows]  # fmt: skip
+    layout = Layout.of(model.io)
+    rows = [batch_first(model.run(feed), layout) for feed in feeds]
+    return [{k: v for k, v in r.items() if v.dtype.kind == "f"} for r in rows]
 
 
 def _error(

@@ -27,6 +27,7 @@ class Smooth(Pass):
     alpha: float = 0.75  # 0: all difficulty left in activations; 1: all moved into weights
     samples: int = 64
     name = "smooth"
+    needs_weights_in_memory = True
     search = ({"alpha": 0.5}, {"alpha": 0.75})
     tolerance = Tolerance(atol=1e-3, rtol=1e-2)  # float re-association only
 

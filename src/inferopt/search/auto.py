@@ -137,7 +137,9 @@ def optimize(
     result = SearchResult(
         str(label), config, figures, bench.metric.name, bench.data.origin, [], Choice(None, (), ())
     )
-    result.checks = checks(bench.judge, bench.data.evaluation, bench.reference, figures.noise)
+    result.checks = checks(
+        bench.judge, bench.data.evaluation, bench.reference, figures.noise, bench.baseline.io
+    )
     best_so_far = write.BestSoFar(out_path, result)
     facts = space.Facts.of(bench.baseline, has_data=True, trainable=_trainable(source, config))
     queue = space.candidates(facts, training.prefixes(bench.baseline) if facts.trainable else ())

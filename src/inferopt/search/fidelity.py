@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from inferopt.data import Dataset
+from inferopt.data import Dataset, batch_first
+from inferopt.iospec import IOSpec
 from inferopt.measure.channels import channel_axis, compare_outputs
 from inferopt.measure.interval import Interval, bootstrap, resample_indices
 
@@ -32,7 +33,8 @@ Rows = list[dict[str, np.ndarray]]
 @dataclass(frozen=True)
 class Outputs:
     """A model's tensor outputs for every sample of a dataset: run alone (batch 1), and cut
-    from batches of BATCH rows (None when the model has no batch axis)."""
+    from batches of BATCH rows (None when the model has no batch axis); each with its batch
+    axis first (data.batch_first)."""
 
     alone: Rows
     batched: Rows | None
@@ -41,14 +43,16 @@ class Outputs:
 def run_outputs(model: Any, data: Dataset, batched: bool = True) -> Outputs:
     """`model` (an inferopt Model) on every sample of `data`, alone and batched."""
     names = [t.name for t in model.io.tensor_outputs]
-    alone = [_only(model.run(data.batch([i])), names) for i in range(len(data))]
+    layout = data.stacking
+    raw = [_only(model.run(data.batch([i])), names) for i in range(len(data))]
+    alone = [batch_first(r, layout) for r in raw]
     if not batched or model.io.batch_axis is None or len(data) < 2:
         return Outputs(alone, None)
-    layout, rows = data.stacking, []
+    rows = []
     for start in range(0, len(data), BATCH):
         indices = range(start, min(start + BATCH, len(data)))
         out = _only(model.run(data.batch(indices)), names)
-        rows += [layout.row(out, k, alone[i]) for k, i in enumerate(indices)]
+        rows += [batch_first(layout.row(out, k, raw[i]), layout) for k, i in enumerate(indices)]
     return Outputs(alone, rows)
 
 
@@ -298,7 +302,11 @@ def noise_floor(judge: Judge, baseline: Outputs) -> Fidelity | None:
 
 
 def checks(
-    judge: Judge, data: Dataset, reference: Outputs, noise: Fidelity | None
+    judge: Judge,
+    data: Dataset,
+    reference: Outputs,
+    noise: Fidelity | None,
+    io: IOSpec | None = None,
 ) -> dict[str, Any]:
     """What a fidelity figure was checked on, for the artifact's manifest: samples, batch
     shapes, outputs and their channels and decisions, the interval, the noise floor."""
@@ -324,6 +332,10 @@ def checks(
         "outputs": outputs,
         "interval": "95% percentile bootstrap over the held-out samples",
         "noise_floor": None if noise is None else noise.to_json(),
+        # Sequences and maps (ZipMap) go through every pass untouched but are not compared.
+        "not_compared": [f"{t.name} ({t.kind})" for t in io.outputs if not t.is_tensor]
+        if io is not None
+        else [],
     }
 
 
@@ -337,6 +349,8 @@ def describe_checks(found: dict[str, Any]) -> str:
         return f"in batches of {c['batch']}{padded}"
 
     shapes = " and ".join(shape(c) for c in found["conditions"])
+    if found.get("not_compared"):
+        shapes += f"; not compared (not tensors): {', '.join(found['not_compared'])}"
     outs = ", ".join(
         f"{name} ({o['channels']} channel{'s' if o['channels'] != 1 else ''}"
         + (f", {o['decision']} decisions" if o["decision"] else "") + ")"

@@ -12,16 +12,15 @@ sentences one by one, so padding much beyond ~10% costs more than batching gains
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from inferopt.iospec import IOSpec, TensorSpec
+from inferopt.iospec import IOSpec, TensorSpec, pad_value_of
 from inferopt.serve.config import SequenceBatching
 from inferopt.serve.errors import ModelFailed
 
 Tensors = dict[str, np.ndarray]
-_MASK_WORDS = ("mask",)
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,9 @@ class BatchAxes:
     input_seq: dict[str, int]  # input -> its sequence axis
     output_seq: dict[str, int]  # output -> its sequence axis (sliced back after padding)
     pad: bool  # pad to the batch's longest (else: only equal lengths share a batch)
+    # input -> what a padded position holds: a mask's padding mark (True where True means
+    # padding, as PyTorch's key_padding_mask), else 0
+    pad_values: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def of(io: IOSpec, mode: SequenceBatching) -> BatchAxes:
@@ -45,9 +47,10 @@ class BatchAxes:
         seq_names = _seq_names(io, batch_names)
         input_seq = _axes_named(io.inputs, seq_names)
         output_seq = _axes_named(io.outputs, seq_names)
-        has_mask = any(w in t.name.lower() for t in io.inputs for w in _MASK_WORDS)
+        has_mask = any(t.role == "mask" or "mask" in t.name.lower() for t in io.inputs)
         pad = bool(input_seq) and (mode == "pad" or (mode == "auto" and has_mask))
-        return BatchAxes(axis, input_seq, output_seq, pad)
+        pad_values = {t.name: pad_value_of(t) for t in io.inputs if pad_value_of(t)}
+        return BatchAxes(axis, input_seq, output_seq, pad, pad_values)
 
 
 def _seq_names(io: IOSpec, batch_names: set[str | int]) -> set[str]:
@@ -146,12 +149,13 @@ def merge(parts: Sequence[Tensors], axes: BatchAxes) -> Tensors:
     for name in parts[0]:
         arrays = [p[name] for p in parts]
         if axes.pad and name in axes.input_seq:
-            arrays = _pad_to_longest(arrays, axes.input_seq[name])
+            value = axes.pad_values.get(name, 0.0)
+            arrays = _pad_to_longest(arrays, axes.input_seq[name], value)
         merged[name] = np.concatenate(arrays, axis=axes.batch)
     return merged
 
 
-def _pad_to_longest(arrays: list[np.ndarray], axis: int) -> list[np.ndarray]:
+def _pad_to_longest(arrays: list[np.ndarray], axis: int, value: float) -> list[np.ndarray]:
     longest = max(a.shape[axis] for a in arrays)
     padded = []
     for array in arrays:
@@ -159,7 +163,8 @@ def _pad_to_longest(arrays: list[np.ndarray], axis: int) -> list[np.ndarray]:
         if missing:
             widths = [(0, 0)] * array.ndim
             widths[axis] = (0, missing)
-            array = np.pad(array, widths)  # zeros: padding tokens, mask 0
+            fill = np.asarray(value).astype(array.dtype)  # a mask's padding mark, else 0
+            array = np.pad(array, widths, constant_values=fill)
         padded.append(array)
     return padded
 

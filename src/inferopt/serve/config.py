@@ -79,6 +79,20 @@ class ModelConfig:
         ),
     )
     warmup_seq_len: int = field(default=16, metadata=_help("sequence length of warm-up runs"))
+    input_shapes: str | None = field(
+        default=None,
+        metadata=_help(
+            "sizes for warm-up inputs, as inferopt's --input-shape writes them, space-separated "
+            "(e.g. 'images:1,3,640,640'); none: found from the graph and by running it"
+        ),
+    )
+    warmup_data: str | None = field(
+        default=None,
+        metadata=_help(
+            ".npz of real inputs keyed by input name (relative to the model's folder): warm-up "
+            "runs inputs like them, as Triton's model_warmup does"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _at_least(self.max_batch_size, 0, "max_batch_size")

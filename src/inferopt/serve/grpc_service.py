@@ -52,6 +52,7 @@ _CONTENTS = {
     "BYTES": "bytes_contents",
 }
 _UNSUPPORTED = ("sequence_id", "sequence_start", "sequence_end")
+_OURS = "inferopt"  # the model configuration's key for our own settings
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -84,6 +85,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         served = await _answer(ctx, self._get(request.name, request.version))
         return ParseDict(served.metadata(), pb.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, ctx: Ctx) -> pb.ModelConfigResponse:
+        served = await _answer(ctx, self._get(request.name, request.version))
+        config = served.model_config()
+        del config[_OURS]  # Triton's message has no field for them; parsing the rest is strict
+        return pb.ModelConfigResponse(config=ParseDict(config, pb.ModelConfig()))
 
     async def ModelInfer(self, request: pb.ModelInferRequest, ctx: Ctx) -> pb.ModelInferResponse:
         remaining = ctx.time_remaining()

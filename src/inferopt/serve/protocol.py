@@ -7,7 +7,7 @@ do not care which protocol a request came by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -297,12 +297,75 @@ def encode_http(response: InferResponse) -> tuple[bytes, dict[str, str]]:
     return b"".join([header, *raw_parts]), headers
 
 
-def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    """`{name, datatype, shape}` with -1 for each symbolic dim."""
+def tensor_metadata(spec: TensorSpec, column: bool = False) -> dict[str, Any]:
+    """`{name, datatype, shape}` with -1 for each symbolic dim. `column`: a batch-only tensor
+    of a batching model, shown as Triton shows it, [-1, 1] (see `batch_only`)."""
     return {
         "name": spec.name,
         "datatype": tensors.datatype_of(spec.dtype),
-        "shape": [d if isinstance(d, int) else -1 for d in spec.shape],
+        "shape": [-1, 1] if column else [d if isinstance(d, int) else -1 for d in spec.shape],
+    }
+
+
+# ---- Triton's model configuration, and its batch-only tensors ----
+
+
+def batch_only(spec: TensorSpec) -> bool:
+    """A tensor whose one axis is the batch ([N]). Triton's configuration of a batching model
+    leaves the batch axis out of `dims`, which would leave nothing, and clients such as
+    perf_analyzer then cannot shape a request: Triton shows such a tensor as dims [1] with
+    reshape [] (metadata [-1, 1]), takes it as [b, 1] and gives it as [b, 1]."""
+    return len(spec.shape) == 1 and isinstance(spec.shape[0], str)
+
+
+def config_tensor(meta: dict[str, Any], batching: bool, column: bool) -> dict[str, Any]:
+    """One `input` or `output` entry of Triton's configuration, from the tensor's metadata
+    (`batching`: max_batch_size > 0, so `dims` leave out the batch axis; `column`: a
+    batch-only tensor, its metadata [-1, 1])."""
+    entry: dict[str, Any] = {
+        "name": meta["name"],
+        "data_type": config_datatype(meta["datatype"]),
+        "dims": meta["shape"][1:] if batching else meta["shape"],
+    }
+    if column:
+        entry["reshape"] = {"shape": []}
+    return entry
+
+
+def config_datatype(datatype: str) -> str:
+    """Triton's configuration name of a datatype (its BYTES is TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def from_columns(request: InferRequest, names: frozenset[str]) -> tuple[InferRequest, bool]:
+    """`request` with its inputs among `names` (batch-only, advertised as [-1, 1]) that came
+    as [b, 1] turned into [b], the model's own shape, which is also taken; and whether the
+    answer's batch-only outputs go back as advertised, [b, 1]: yes, unless some batch-only
+    input came in the model's own shape (a client that knows the model gets its shapes)."""
+    columns: dict[str, np.ndarray] = {}
+    advertised = True
+    for name in names & request.inputs.keys():
+        array = request.inputs[name]
+        if array.ndim == 2 and array.shape[1] == 1:
+            columns[name] = array.reshape(array.shape[0])
+        elif array.ndim == 1:
+            advertised = False
+        else:
+            raise BadRequest(
+                f"input {name!r}: shape {list(array.shape)}, but the model takes [-1, 1] (or [-1])"
+            )
+    if columns:
+        request = replace(request, inputs={**request.inputs, **columns})
+    return request, advertised
+
+
+def to_columns(outputs: dict[str, np.ndarray], names: frozenset[str]) -> dict[str, np.ndarray]:
+    """The outputs among `names` (batch-only) as [b, 1], as advertised."""
+    if not names:
+        return outputs
+    return {
+        name: array.reshape(-1, 1) if name in names and array.ndim == 1 else array
+        for name, array in outputs.items()
     }
 
 

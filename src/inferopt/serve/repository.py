@@ -15,11 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from inferopt.errors import InferoptError
-from inferopt.iospec import IOSpec
-from inferopt.model import load_onnx
+from inferopt.errors import InferoptError, first_line
+from inferopt.iospec import IOSpec, TensorSpec
 from inferopt.serve import protocol
-from inferopt.serve.batch import BatchAxes
 from inferopt.serve.batcher import Batcher, Draining
 from inferopt.serve.config import ConfigFile, ModelConfig
 from inferopt.serve.errors import (
@@ -33,7 +31,8 @@ from inferopt.serve.errors import (
 from inferopt.serve.layout import Layout, ModelSource, check_version
 from inferopt.serve.metrics import Metrics, VersionMetrics
 from inferopt.serve.protocol import InferRequest, InferResponse
-from inferopt.serve.runner import OnnxRunner, Runner, warm_up, warmup_sizes
+from inferopt.serve.runner import Runner
+from inferopt.serve.warmup import WrapRunner, load_and_warm
 
 if TYPE_CHECKING:
     from inferopt.serve.gate import Refusal
@@ -68,20 +67,29 @@ class ModelVersion:
         self.batcher = batcher
         self.metrics = metrics
         self.axes = batcher.axes
+        # Triton's view: a batching model's tensors lead with the batch axis (max_batch_size
+        # > 0, `dims` without it). Batch-only ones ([N]) are shown as Triton shows them,
+        # [-1, 1], and taken as [b, 1] or [b] (see protocol.batch_only).
+        self.batching = self.axes.batch == 0 and batcher.max_rows > 0
+        self.column_inputs = self._batch_only(self.io.inputs)
+        self.column_outputs = self._batch_only(self.io.outputs)
         # The HTTP gate's pre-formatted 429 responses, by (reason, Retry-After): kept here,
         # so they go with this version when it is replaced (see gate.refusal).
         self.refusals: dict[tuple[str, int], Refusal] = {}
+        self.warning: str | None = None  # why it was loaded without warm-up, if it was
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        request, advertised = protocol.from_columns(request, self.column_inputs)
         protocol.validate(request, self.io)
         wanted = protocol.selected_outputs(request, self.io)
         now = time.monotonic()
         deadline = protocol.deadline_after(request.timeout_us, self.config.default_timeout_ms, now)
         results = await self.batcher.submit(request.inputs, deadline, request.priority)
+        outputs = {o.name: results[o.name] for o in wanted}
         return InferResponse(
             model_name=self.name,
             model_version=self.version,
-            outputs={o.name: results[o.name] for o in wanted},
+            outputs=protocol.to_columns(outputs, self.column_outputs) if advertised else outputs,
             binary=frozenset(o.name for o in wanted if o.binary),
             id=request.id,
         )
@@ -91,32 +99,47 @@ class ModelVersion:
             "name": self.name,
             "versions": [self.version],
             "platform": PLATFORM,
-            "inputs": [protocol.tensor_metadata(t) for t in self.io.inputs],
-            "outputs": [protocol.tensor_metadata(t) for t in self.io.outputs],
+            "inputs": [
+                protocol.tensor_metadata(t, t.name in self.column_inputs) for t in self.io.inputs
+            ],
+            "outputs": [
+                protocol.tensor_metadata(t, t.name in self.column_outputs) for t in self.io.outputs
+            ],
         }
 
     def model_config(self) -> dict[str, Any]:
-        """Triton's model-configuration view (what perf tools read), plus our settings."""
-        batching = self.axes.batch is not None and self.config.max_batch_size > 0
-
-        def tensor(meta: dict[str, Any]) -> dict[str, Any]:
-            dims = meta["shape"][1:] if batching else meta["shape"]
-            return {"name": meta["name"], "data_type": f"TYPE_{meta['datatype']}", "dims": dims}
-
+        """Triton's model configuration (what perf_analyzer and model_analyzer read), over HTTP
+        and gRPC alike, plus our own settings under "inferopt" (HTTP only: Triton's message
+        has no field for them), with the model's input spec ("inputs": each input's role and
+        valid range, found by discovery), so that `inferopt bench` sends what the model
+        accepts."""
         meta = self.metadata()
-        return {
+        config: dict[str, Any] = {
             "name": self.name,
             "platform": PLATFORM,
             "backend": "onnxruntime",
-            "max_batch_size": self.batcher.max_rows,
-            "input": [tensor(t) for t in meta["inputs"]],
-            "output": [tensor(t) for t in meta["outputs"]],
-            "dynamic_batching": {
-                "max_queue_delay_microseconds": int(self.config.max_queue_delay_ms * 1000)
-            },
+            "max_batch_size": self.batcher.max_rows if self.batching else 0,
+            "input": [self._config_tensor(t, self.column_inputs) for t in meta["inputs"]],
+            "output": [self._config_tensor(t, self.column_outputs) for t in meta["outputs"]],
             "instance_group": [{"count": self.config.instances, "kind": "KIND_CPU"}],
-            "inferopt": {**asdict(self.config), "sequence_padding": self.axes.pad},
         }
+        if self.batching:  # Triton refuses dynamic batching without a batch axis
+            delay = int(self.config.max_queue_delay_ms * 1000)
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": delay}
+        config["inferopt"] = {
+            **asdict(self.config),
+            "sequence_padding": self.axes.pad,
+            "inputs": self.io.to_json(),
+        }
+        return config
+
+    def _config_tensor(self, meta: dict[str, Any], columns: frozenset[str]) -> dict[str, Any]:
+        return protocol.config_tensor(meta, self.batching, meta["name"] in columns)
+
+    def _batch_only(self, specs: tuple[TensorSpec, ...]) -> frozenset[str]:
+        if not self.batching:
+            return frozenset()
+        return frozenset(t.name for t in specs if protocol.batch_only(t))
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,7 @@ class State:
     reason: str = ""
 
 
-WrapRunner = Callable[[str, Runner], Runner]  # (model name, loaded runner) -> runner to serve
+__all__ = ["ModelVersion", "Repository", "WrapRunner"]
 
 
 class Repository:
@@ -244,13 +267,13 @@ class Repository:
             try:
                 version = await self._build(source)
             except Exception as exc:  # a file from disk can fail in any way: it is a failed load
-                reason = str(exc) if isinstance(exc, InferoptError) else f"{exc!r}"
+                reason = str(exc) if isinstance(exc, InferoptError) else _reason(exc)
                 if old is None:
                     self._states[name] = State(source.version, "UNAVAILABLE", reason)
                 log.error("loading %s version %s failed: %s", name, source.version, reason)
                 raise BadRequest(f"failed to load {name!r}: {reason}") from exc
             self._served[name] = version
-            self._states[name] = State(version.version, "READY")
+            self._states[name] = State(version.version, "READY", version.warning or "")
             self._wanted.add(name)
             log.info("%s version %s is ready", name, version.version)
             if old is not None:
@@ -270,10 +293,12 @@ class Repository:
 
     async def _build(self, source: ModelSource) -> ModelVersion:
         config = self._config_for(source)
-        runner, latency = await asyncio.to_thread(_load_and_warm, source, config, self._wrap_runner)
+        loaded = await asyncio.to_thread(load_and_warm, source, config, self._wrap_runner)
         metrics = self._metrics.for_version(source.name, source.version)
-        batcher = Batcher(runner, config, metrics, latency)
-        return ModelVersion(source.name, source.version, runner, config, batcher, metrics)
+        batcher = Batcher(loaded.runner, config, metrics, loaded.latency)
+        version = ModelVersion(source.name, source.version, loaded.runner, config, batcher, metrics)
+        version.warning = loaded.warning
+        return version
 
     def _drain(self, old: ModelVersion) -> None:
         task = asyncio.create_task(old.batcher.close())
@@ -303,23 +328,9 @@ class Repository:
         await asyncio.gather(*closing, *self._draining)
 
 
-def _load_and_warm(
-    source: ModelSource, config: ModelConfig, wrap: WrapRunner | None
-) -> tuple[Runner, dict[int, float]]:
-    """In a worker thread: the session (wrapped, if asked), then warm-up runs at every batch
-    size, so the latency estimates include whatever the wrapper adds."""
-    label = f"{source.name} version {source.version}"
-    model = load_onnx(source.path, verify=False)  # the session below checks it
-    runner: Runner = OnnxRunner(model, config.threads(), label)
-    if wrap is not None:
-        runner = wrap(source.name, runner)
-    axes = BatchAxes.of(model.io, config.sequence_batching)
-    sizes = warmup_sizes(config.max_batch_size if axes.batch is not None else 0)
-    try:
-        latency = warm_up(runner, sizes, config.warmup_seq_len)
-    except ServeError as exc:
-        raise ServeError(f"{label}: warm-up failed: {exc.message}") from exc
-    return runner, latency
+def _reason(exc: Exception) -> str:
+    """A failure that is not ours, as a sentence: what failed, and the library's first line."""
+    return f"loading it failed with {type(exc).__name__}: {first_line(exc)}"
 
 
 def _outcome(exc: ServeError) -> str:

@@ -1,5 +1,5 @@
-"""Running a model: the `Runner` interface the batcher calls from its worker threads, the
-ONNX Runtime implementation, and warm-up.
+"""Running a model: the `Runner` interface the batcher calls from its worker threads, and the
+ONNX Runtime implementation (warm-up is in warmup.py).
 
 `Runner` is public so that tests and embedders can put a double in front of a real model
 (e.g. one that waits on an event to hold a batch back) without touching the batcher.
@@ -7,7 +7,7 @@ ONNX Runtime implementation, and warm-up.
 
 from __future__ import annotations
 
-import time
+import json
 from typing import Protocol
 
 import numpy as np
@@ -64,6 +64,10 @@ class OnnxRunner:
     def io(self) -> IOSpec:
         return self._io
 
+    def adopt(self, io: IOSpec) -> None:
+        """Serve with `io`: the same model's spec, with what warm-up found it accepts."""
+        self._io = io
+
     def run(self, inputs: Tensors, control: RunControl) -> Tensors:
         feeds = {name: _as_text(array, name) for name, array in inputs.items()}
         try:
@@ -75,7 +79,26 @@ class OnnxRunner:
             if "INVALID_ARGUMENT" in message:  # e.g. a token id beyond the vocabulary
                 raise BadRequest(f"the model rejected the inputs: {message}") from exc
             raise ModelFailed(f"running the model failed: {message}") from exc
-        return dict(zip(self._outputs, values, strict=True))
+        return {name: _as_tensor(v) for name, v in zip(self._outputs, values, strict=True)}
+
+
+def _as_tensor(value: object) -> np.ndarray:
+    """A sequence or map output (ZipMap's class probabilities: one {class: probability} per
+    row) as one JSON text per element, a BYTES tensor the protocol can carry."""
+    if isinstance(value, np.ndarray):
+        return value
+    items = value if isinstance(value, list) else [value]
+    texts = np.empty(len(items), dtype=np.object_)
+    texts[:] = [json.dumps(_plain(item)) for item in items]
+    return texts
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
 
 
 def _as_text(array: np.ndarray, name: str) -> np.ndarray:
@@ -90,25 +113,3 @@ def _as_text(array: np.ndarray, name: str) -> np.ndarray:
     converted = np.empty(array.size, dtype=np.object_)
     converted[:] = text
     return converted.reshape(array.shape)
-
-
-def warmup_sizes(max_batch_size: int) -> list[int]:
-    """Powers of two up to the max, and the max: ONNX Runtime on CPU plans per shape once,
-    so these cover the first-request stalls while keeping start-up short."""
-    if max_batch_size <= 1:
-        return [1]
-    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size]
-    return [*sizes, max_batch_size]
-
-
-def warm_up(runner: Runner, sizes: list[int], seq_len: int) -> dict[int, float]:
-    """Run each batch size twice (the first run plans and allocates); return the second run's
-    seconds per batch size, the batcher's first latency estimates."""
-    seconds = {}
-    for size in sizes:
-        inputs = runner.io.sample_inputs(batch=size, seq=seq_len)
-        runner.run(inputs, RunControl())
-        start = time.perf_counter()
-        runner.run(inputs, RunControl())
-        seconds[size] = time.perf_counter() - start
-    return seconds

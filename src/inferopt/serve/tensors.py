@@ -149,9 +149,12 @@ def from_raw(
             f"{where}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
             f"got {len(raw)}"
         )
+    if datatype == "BOOL":
+        # Any nonzero byte is true, as C++ and Triton read it (perf_analyzer's random BOOL data
+        # are random bytes). Normalised to 0/1: numpy would otherwise keep a "true" of 7, and
+        # the model would see a bool that is neither.
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape).astype(np.bool_)
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
-        raise BadRequest(f"{where}: BOOL bytes must be 0 or 1")
     # Native byte order and alignment: ONNX Runtime copies otherwise, or refuses.
     return np.require(array.astype(dtype.newbyteorder("="), copy=False), requirements=("A", "C"))
 

@@ -78,6 +78,12 @@ class GRPCInferenceServiceStub:
             response_deserializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelInferResponse.FromString,
             _registered_method=True,
         )
+        self.ModelConfig = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelConfig",
+            request_serializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            response_deserializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            _registered_method=True,
+        )
         self.ModelStatistics = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelStatistics",
             request_serializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
@@ -143,6 +149,12 @@ class GRPCInferenceServiceServicer:
         context.set_details("Method not implemented!")
         raise NotImplementedError("Method not implemented!")
 
+    def ModelConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("Method not implemented!")
+        raise NotImplementedError("Method not implemented!")
+
     def ModelStatistics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -199,6 +211,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
             servicer.ModelInfer,
             request_deserializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelInferRequest.FromString,
             response_serializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+        ),
+        "ModelConfig": grpc.unary_unary_rpc_method_handler(
+            servicer.ModelConfig,
+            request_deserializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+            response_serializer=inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
         ),
         "ModelStatistics": grpc.unary_unary_rpc_method_handler(
             servicer.ModelStatistics,
@@ -401,6 +418,36 @@ class GRPCInferenceService:
             "/inference.GRPCInferenceService/ModelInfer",
             inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True,
+        )
+
+    @staticmethod
+    def ModelConfig(
+        request,
+        target,
+        options=(),
+        channel_credentials=None,
+        call_credentials=None,
+        insecure=False,
+        compression=None,
+        wait_for_ready=None,
+        timeout=None,
+        metadata=None,
+    ):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            "/inference.GRPCInferenceService/ModelConfig",
+            inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            inferopt_dot_serve_dot_proto_dot_grpc__service__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
