@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from inferopt import discovery
+from inferopt import iospec, stated
 from inferopt.errors import InputError
 from inferopt.iospec import IOSpec, TensorSpec, from_onnx
 from inferopt.model import Model, load_onnx
@@ -36,8 +36,8 @@ def _finite(outputs: Mapping[str, Any]) -> None:
 
 
 def _found_ok(model: Model) -> None:
-    assert discovery.problem_of(model.io) is None, discovery.problem_of(model.io)
-    assert not discovery.needs_discovery(model.io)
+    assert iospec.problem_of(model.io) is None, iospec.problem_of(model.io)
+    assert not iospec.needs_discovery(model.io)
 
 
 # ------------------------------------------------------------------------------- VAD
@@ -79,7 +79,7 @@ def test_float_feeds_are_cast_to_the_input_float_type(tmp_path: Path) -> None:
 
 def test_a_window_no_generated_size_fits_names_what_to_give(tmp_path: Path) -> None:
     model = _load(tmp_path, kinds.vad(window=1000))
-    problem = discovery.problem_of(model.io)
+    problem = iospec.problem_of(model.io)
     assert problem is not None and "\n" not in problem
     assert "--data" in problem and "--input-shape" in problem
     with pytest.raises(InputError, match="--input-shape"):
@@ -231,7 +231,7 @@ def test_zipmap_classifier_runs_and_its_map_output_is_named_as_such(tmp_path: Pa
 
 def test_unrunnable_model_names_what_to_give_in_one_line(tmp_path: Path) -> None:
     model = _load(tmp_path, kinds.unrunnable())
-    problem = discovery.problem_of(model.io)
+    problem = iospec.problem_of(model.io)
     assert problem is not None and "\n" not in problem
     assert "--data" in problem and "--input-shape" in problem
     assert "'y' is not finite" in problem and "key" in problem
@@ -244,8 +244,8 @@ def test_follow_data_makes_generated_inputs_like_the_data(tmp_path: Path) -> Non
     model = _load(tmp_path, kinds.unrunnable())
     data = kinds.unrunnable_data(rows=3)
     samples = [{k: v[i : i + 1] for k, v in data.items()} for i in range(3)]
-    io = discovery.follow_data(model.io, samples)
-    assert discovery.problem_of(io) is None and not discovery.needs_discovery(io)
+    io = stated.follow_data(model.io, samples)
+    assert iospec.problem_of(io) is None and not iospec.needs_discovery(io)
     assert io.input("key").value_range == (kinds.KEY, kinds.KEY)
     feeds = io.sample_inputs(batch=2)
     assert (feeds["key"] == kinds.KEY).all()
@@ -255,7 +255,7 @@ def test_follow_data_makes_generated_inputs_like_the_data(tmp_path: Path) -> Non
 def test_follow_data_takes_sizes_and_scalar_values_from_the_data(tmp_path: Path) -> None:
     model = _load(tmp_path, kinds.vad(window=1000))
     sample = kinds.vad_request(rows=1, window=2000)
-    io = discovery.follow_data(model.io, [sample])
+    io = stated.follow_data(model.io, [sample])
     assert io.dims["samples"] == 2000
     assert io.input("sr").value_range == (kinds.SAMPLE_RATE, kinds.SAMPLE_RATE)
     _finite(model.run(io.sample_inputs(batch=1)))
@@ -264,10 +264,10 @@ def test_follow_data_takes_sizes_and_scalar_values_from_the_data(tmp_path: Path)
 def test_follow_data_names_a_missing_or_misshapen_input(tmp_path: Path) -> None:
     model = _load(tmp_path, kinds.unrunnable())
     with pytest.raises(InputError, match="no array for input 'key'"):
-        discovery.follow_data(model.io, [{"x": np.zeros((1, 4), np.float32)}])
+        stated.follow_data(model.io, [{"x": np.zeros((1, 4), np.float32)}])
     wrong = {"x": np.zeros((1, 4), np.float32), "key": np.zeros((1, 2, 1), np.int64)}
     with pytest.raises(InputError, match="'key' has rank 3"):
-        discovery.follow_data(model.io, [wrong])
+        stated.follow_data(model.io, [wrong])
 
 
 # ------------------------------------------------------------- the user's shapes
@@ -283,7 +283,7 @@ def test_follow_data_names_a_missing_or_misshapen_input(tmp_path: Path) -> None:
     ],
 )
 def test_parse_shape(text: str, parsed: tuple[str, tuple[int, ...]]) -> None:
-    assert discovery.parse_shape(text) == parsed
+    assert stated.parse_shape(text) == parsed
 
 
 @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ def test_parse_shape(text: str, parsed: tuple[str, tuple[int, ...]]) -> None:
 )
 def test_parse_shape_errors_name_the_text(text: str, message: str) -> None:
     with pytest.raises(InputError, match=message) as raised:
-        discovery.parse_shape(text)
+        stated.parse_shape(text)
     assert repr(text) in str(raised.value)
 
 
@@ -318,17 +318,17 @@ def _image_and_state_io() -> IOSpec:
 
 @pytest.mark.parametrize("sizes", [(1, 3, 64, 96), (3, 64, 96)], ids=["full", "without-batch"])
 def test_state_shapes_fills_free_dims_in_either_spelling(sizes: tuple[int, ...]) -> None:
-    io, stated = discovery.state_shapes(_image_and_state_io(), {"images": sizes})
+    io, fixed = stated.state_shapes(_image_and_state_io(), {"images": sizes})
     assert io.dims == {"height": 64, "width": 96}
-    assert stated == frozenset({"height", "width"})
+    assert fixed == frozenset({"height", "width"})
     assert io.sample_inputs(batch=2)["images"].shape == (2, 3, 64, 96)
 
 
 def test_state_shapes_leaves_out_the_batch_axis_where_it_is() -> None:
     """A state batched on axis 1, written as perf_analyzer would: [2, 4]."""
-    io, stated = discovery.state_shapes(_image_and_state_io(), {"state": (2, 4)})
-    assert stated == frozenset() and io.dims == {}
-    full, _ = discovery.state_shapes(_image_and_state_io(), {"state": (2, 1, 4)})
+    io, fixed = stated.state_shapes(_image_and_state_io(), {"state": (2, 4)})
+    assert fixed == frozenset() and io.dims == {}
+    full, _ = stated.state_shapes(_image_and_state_io(), {"state": (2, 1, 4)})
     assert full.dims == {}
 
 
@@ -347,7 +347,7 @@ def test_state_shapes_refuses_what_contradicts_the_model(
     shapes: dict[str, tuple[int, ...]], message: str
 ) -> None:
     with pytest.raises(InputError, match=message):
-        discovery.state_shapes(_image_and_state_io(), shapes)
+        stated.state_shapes(_image_and_state_io(), shapes)
 
 
 @pytest.mark.slow

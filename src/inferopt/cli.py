@@ -82,7 +82,7 @@ def _show_model(model: Model, out: Path, *, latency: bool = True) -> None:
 
 def _found(model: Model) -> str:
     """What discovery found: how many runs it took, or why no generated input runs."""
-    from inferopt.discovery import FOUND_KEY, problem_of
+    from inferopt.iospec import FOUND_KEY, problem_of
 
     problem = problem_of(model.io)
     if problem:

@@ -20,6 +20,7 @@ import onnx
 from inferopt.errors import InputError
 
 METADATA_KEY = "inferopt.iospec"
+FOUND_KEY = "inputs_found"  # IOSpec.extra: what discovery found, or why no input ran
 Dim = int | str  # a fixed size, or the name of a symbolic dimension
 
 # How a generated value is made. values: random within value_range (else standard normal);
@@ -171,9 +172,8 @@ class IOSpec:
         InputError for sizes below 1 or lengths that do not fit."""
         if batch < 1 or seq < 1:
             raise InputError(f"batch and sequence length must be >= 1, got {batch} and {seq}")
-        found = self.extra.get("inputs_found")  # see inferopt.discovery
-        if isinstance(found, dict) and found.get("problem"):
-            raise InputError(str(found["problem"]))
+        if problem := problem_of(self):  # see inferopt.discovery
+            raise InputError(problem)
         if lengths is not None and (
             len(lengths) != batch or not all(0 < n <= seq for n in lengths)
         ):
@@ -245,6 +245,23 @@ def sample(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -
         low, high = spec.value_range
         return rng.uniform(low, high, size=shape).astype(dtype)
     return rng.standard_normal(size=shape).astype(dtype)
+
+
+def with_found(io: IOSpec, trials: int, problem: str | None) -> IOSpec:
+    """`io` recording what discovery found: the runs it took, and why no input ran (None)."""
+    return replace(io, extra={**io.extra, FOUND_KEY: {"trials": trials, "problem": problem}})
+
+
+def problem_of(io: IOSpec) -> str | None:
+    """Why generated inputs do not run for this model, if discovery found none."""
+    found = io.extra.get(FOUND_KEY)
+    problem = found.get("problem") if isinstance(found, dict) else None
+    return str(problem) if problem else None
+
+
+def needs_discovery(io: IOSpec) -> bool:
+    """Whether inputs were never looked for (a model from elsewhere, or an older file)."""
+    return FOUND_KEY not in io.extra
 
 
 def suspect_input(io: IOSpec) -> str | None:

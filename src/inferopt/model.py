@@ -16,9 +16,8 @@ from google.protobuf.message import DecodeError
 from inferopt import external
 from inferopt import iospec as iospec_mod
 from inferopt.compat import modernize
-from inferopt.discovery import needs_discovery
 from inferopt.errors import ModelLoadError
-from inferopt.iospec import IOSpec
+from inferopt.iospec import IOSpec, needs_discovery
 from inferopt.parity import ParityReport
 from inferopt.runtime import SessionConfig, create_session
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from inferopt.discovery import parse_shape
+from inferopt.stated import parse_shape
 
 SHAPE_HELP = (
     "an input's shape, e.g. images:1,3,640,640 (repeatable; the batch dim may be left out, "
@@ -46,7 +46,7 @@ def load_model(source: Any, args: argparse.Namespace, **options: Any) -> Any:
     data = getattr(args, "data", None)
     if data:
         from inferopt.data import Dataset
-        from inferopt.discovery import follow_data
+        from inferopt.stated import follow_data
 
         dataset = Dataset.from_npz(data)
         model = model.with_io(follow_data(model.io, dataset.samples))

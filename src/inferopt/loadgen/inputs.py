@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from inferopt.discovery import state_shapes
 from inferopt.errors import InferoptError
 from inferopt.iospec import IOSpec
+from inferopt.stated import state_shapes
 
 Tensors = dict[str, np.ndarray]
 POOL_SIZE = 16  # random input sets; enough to avoid sending one tensor over and over

@@ -12,8 +12,8 @@ accepted request finish (the batchers keep running), then close the batchers and
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import importlib.util
 import logging
 import math

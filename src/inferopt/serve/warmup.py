@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inferopt import discovery
+from inferopt import analysis, discovery, stated
 from inferopt.data import Dataset
 from inferopt.errors import InferoptError, first_line
-from inferopt.iospec import IOSpec
+from inferopt.iospec import IOSpec, needs_discovery, problem_of
 from inferopt.model import Model, load_onnx
 from inferopt.serve.batch import BatchAxes
 from inferopt.serve.config import ModelConfig
@@ -94,17 +94,17 @@ def _inputs_for(
         path = Path(config.warmup_data)
         path = path if path.is_absolute() or folder is None else folder / path
         samples = Dataset.from_npz(path).samples
-        analysed = discovery.analyse(model.proto, io)
-        return discovery.follow_data(discovery.state_shapes(analysed, shapes)[0], samples), None
-    if not shapes and not discovery.needs_discovery(io):
-        return io, discovery.problem_of(io)
+        analysed = analysis.analyse(model.proto, io)
+        return stated.follow_data(stated.state_shapes(analysed, shapes)[0], samples), None
+    if not shapes and not needs_discovery(io):
+        return io, problem_of(io)
     found = discovery.discover(run, model.proto, io, shapes)
     return found.io, found.problem
 
 
 def parse_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
     """`input_shapes = "images:1,3,640,640 mask:1,640"` (as --input-shape, space-separated)."""
-    return dict(discovery.parse_shape(part) for part in (text or "").split())
+    return dict(stated.parse_shape(part) for part in (text or "").split())
 
 
 def warmup_sizes(max_batch_size: int) -> list[int]:
