@@ -181,21 +181,7 @@ def _with_a_default() -> Model:
     return from_proto(proto, Provenance("defaults", "onnx"))
 
 
-_DROPS_DEFAULTS = (
-    "onnxscript's optimize_for_ort ends with RemoveInitializersFromInputsPass, which turns "
-    "every input with a default into a constant"
-)
-
-
-@pytest.mark.parametrize(
-    "pass_name",
-    [
-        pytest.param(n, marks=[pytest.mark.xfail(reason=_DROPS_DEFAULTS, strict=True)])
-        if n == "fuse"
-        else n
-        for n in EXACT_PASSES
-    ],
-)
+@pytest.mark.parametrize("pass_name", EXACT_PASSES)
 def test_an_input_with_a_default_stays_one_through_every_pass(pass_name: str) -> None:
     model = _with_a_default()
     x = np.ones((2, 3), np.float32)

@@ -58,6 +58,16 @@ def _drop_equal_qkv_sizes(model: ir.Model) -> None:
             del node.attributes["qkv_hidden_sizes"]
 
 
+def _keep_inputs(model: ir.Model, with_defaults: list[ir.Value]) -> None:
+    """Inputs with a default value (an initializer that is also a graph input, IR >= 4) stay
+    inputs: ORT's fusion rules end by turning them all into constants, after which feeding
+    one fails ("invalid input name") and the model's signature has changed."""
+    present = {v.name for v in model.graph.inputs}
+    for value in with_defaults:
+        if value.name not in present and value.name in model.graph.initializers:
+            model.graph.inputs.append(value)
+
+
 def fuse_cnn(model: ir.Model) -> tuple[dict[str, int], dict[str, str]]:
     counts: dict[str, int] = {}
     reasons: dict[str, str] = {}
@@ -87,7 +97,9 @@ class Fuse(Pass):
             not_fired.update(reasons)
         graph = onnxscript.optimizer.optimize(graph)
         if self.transformer:
+            with_defaults = [v for v in graph.graph.inputs if v.name in graph.graph.initializers]
             graph, counts = ort_fusions.optimize_for_ort(graph)
+            _keep_inputs(graph, with_defaults)
             fired.update({k: v for k, v in counts.items() if v})
             not_fired.update({k: "pattern not found" for k, v in counts.items() if not v})
             # Fused attention takes its Q, K and V weights through a Concat of constants; fold
