@@ -99,8 +99,14 @@ def unchanged(model: Model, context: PassContext, note: str) -> PassResult:
     return PassResult(copy_proto(model.proto), {"changed": False, "note": note})
 
 
+# Ops whose cost is in a weight (what a quantizer could take), to name the ones a model has.
+WEIGHTED_OPS = frozenset(
+    {"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "RNN", "Gather"}
+)
+
+
 def _weighted_op_types(proto: onnx.ModelProto) -> list[str]:
-    """Op types with a constant second input, in the main graph or (marked) in subgraphs."""
+    """Weighted op types with a constant weight, in the main graph or (marked) in subgraphs."""
     constants = {i.name for i in proto.graph.initializer}
     found: dict[str, None] = {}
 
@@ -109,7 +115,8 @@ def _weighted_op_types(proto: onnx.ModelProto) -> list[str]:
         for node in graph.node:
             if node.op_type == "Constant":
                 constants.update(node.output)
-            if len(node.input) > 1 and node.input[1] in constants:
+            weight = node.input[:1] if node.op_type == "Gather" else node.input[1:2]
+            if node.op_type in WEIGHTED_OPS and set(weight) & constants:
                 found[node.op_type + (" (in a subgraph)" if inside else "")] = None
             for attr in node.attribute:
                 for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
