@@ -138,8 +138,11 @@ def test_the_search_never_calls_a_damaged_channel_within_budget(
     result = optimize(model, tmp_path / "out", data=data, config=config)
     static = next(o for o in result.outcomes if o.text == "fuse,int8-static")
     assert static.failed is not None and "damaged output 'det' channel 4" in static.failed
-    assert result.chosen is not None and result.chosen.fidelity is not None
-    assert result.chosen.fidelity.drop_high <= 0.005  # the rule held for the choice
+    # This head runs in microseconds: whether a candidate beats the original is noise here,
+    # so either answer is right, as long as nothing damaged is one.
+    assert result.chosen is not None or result.kept_original
+    if result.chosen is not None:
+        assert result.chosen.fidelity is not None and result.chosen.fidelity.drop_high <= 0.005
     fallback = [o for o in result.outcomes if "int8-static:fallback" in o.text]
     assert fallback, "a damaged int8 recipe gets its float fallback tried"
 

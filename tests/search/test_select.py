@@ -3,7 +3,7 @@
 import pytest
 
 from inferopt.errors import InputError
-from inferopt.search.select import Budget, Scored, choose, pareto
+from inferopt.search.select import ORIGINAL, Budget, Scored, choose, choose_against_original, pareto
 
 
 def test_budget_is_relative_with_a_percent_sign_and_absolute_without() -> None:
@@ -65,3 +65,14 @@ def test_pareto_frontier_keeps_only_undominated_candidates() -> None:
     assert [c.name for c in pareto(ROWS)] == ["exact", "good-twin", "fast-lossy"]
     by_size = pareto(ROWS, lambda c: 1 / c.size_ratio)
     assert [c.name for c in by_size] == ["exact", "good-twin", "good", "fast-lossy"]
+
+
+def test_the_original_wins_over_candidates_that_are_not_faster() -> None:
+    budget = Budget(0.01, relative=False)
+    slower = Scored("fuse", drop=0.0, gain=0.92, size_ratio=1.0)
+    assert choose_against_original([slower], budget, 1.0).best.name == ORIGINAL  # type: ignore[union-attr]
+    tied_with_a_drop = Scored("fp16", drop=0.002, gain=1.02, size_ratio=0.5)
+    assert choose_against_original([tied_with_a_drop], budget, 1.0).best.name == ORIGINAL  # type: ignore[union-attr]
+    faster = Scored("int8", drop=0.002, gain=1.5, size_ratio=0.3)
+    choice = choose_against_original([slower, faster], budget, 1.0)
+    assert choice.best is not None and choice.best.name == "int8"

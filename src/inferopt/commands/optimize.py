@@ -103,7 +103,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     model = args.model
     if args.recipe_from:
         manifest = read_manifest(Path(args.recipe_from))
-        if not manifest.get("recipe"):
+        if manifest.get("recipe") is None:
             raise RecipeError(f"{args.recipe_from}: the manifest holds no recipe to apply")
         recipe = Recipe.from_json(manifest["recipe"])
         model = model or manifest.get("source")
@@ -158,7 +158,7 @@ def run_search(args: argparse.Namespace) -> int:
         )
         raise
     view.show(result, console)
-    return 0 if result.chosen is not None else EXIT_NONE_WITHIN_BUDGET
+    return 0 if result.chosen is not None or result.kept_original else EXIT_NONE_WITHIN_BUDGET
 
 
 def channel_axes(args: argparse.Namespace) -> dict[str, int | None]:

@@ -28,7 +28,16 @@ from inferopt.search.evaluate import MIN_ROUND_S
 from inferopt.search.fidelity import Fidelity, checks, noise_floor, run_outputs
 from inferopt.search.metric import Metric
 from inferopt.search.screen import FULL_FEEDS, FULL_ROUNDS, Bench, confirm, memory_bytes, screen
-from inferopt.search.select import OBJECTIVES, Budget, Choice, Objective, Scored, choose
+from inferopt.search.select import (
+    OBJECTIVES,
+    ORIGINAL,
+    Budget,
+    Choice,
+    Objective,
+    Scored,
+    choose,
+    choose_against_original,
+)
 from inferopt.search.store import Outcome, Store
 from inferopt.search.threads import ThreadChoice, tune_threads
 from inferopt.sources import load
@@ -87,6 +96,7 @@ class SearchResult:
     threads: ThreadChoice | None = None
     skipped: list[str] = field(default_factory=list)  # left out for lack of time
     checks: dict[str, Any] = field(default_factory=dict)  # what fidelity was measured on
+    kept_original: bool = False  # candidates were within budget, but none beat the original
     wall_s: float = 0.0
     out: Path | None = None
 
@@ -156,8 +166,10 @@ def optimize(
                     break  # a deeper fallback would only be slower
     confirm_shortlist(bench, store, result, clock, tell)
     result.choice = final_choice(result)
-    result.chosen = _outcome(result, result.choice.best)
-    chosen_model = None
+    best = result.choice.best
+    result.kept_original = best is not None and best.name == ORIGINAL
+    result.chosen = None if result.kept_original else _outcome(result, best)
+    chosen_model = bench.baseline if result.kept_original else None
     if result.chosen is not None:
         chosen_model = store.model(result.chosen)  # read once: threads and the artifact
         tell(f"choosing thread settings for {result.chosen.text}")
@@ -296,13 +308,14 @@ def confirm_cost(per_sample_s: float) -> float:
 
 
 def final_choice(result: SearchResult) -> Choice:
-    """Only confirmed candidates can win: the probe ranks, the full comparison decides."""
+    """Only confirmed candidates can win: the probe ranks, the full comparison decides; and
+    only over the original (see select.choose_against_original)."""
     rows = result.scored()
     confirmed = [s for s, o in zip(rows, result.outcomes, strict=True) if o.full is not None]
-    choice = choose(confirmed, result.config.max_drop, result.baseline.score)
-    if choice.best is not None:
-        return choice
-    return choose(rows, result.config.max_drop, result.baseline.score)
+    budget, score = result.config.max_drop, result.baseline.score
+    if choose(confirmed, budget, score).best is None:  # none within budget: the closest
+        return choose(rows, budget, score)
+    return choose_against_original(confirmed, budget, score)
 
 
 def scored(outcomes: list[Outcome], config: SearchConfig, base: BaselineFigures) -> list[Scored]:

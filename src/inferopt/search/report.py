@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from inferopt.measure.interval import samples_needed
 from inferopt.report.html import figure_png
 from inferopt.search.fidelity import describe_checks
-from inferopt.search.select import Scored, pareto
+from inferopt.search.select import ORIGINAL, Scored, pareto
 
 if TYPE_CHECKING:
     from inferopt.search.auto import SearchResult
@@ -60,7 +60,7 @@ def record(result: SearchResult) -> dict[str, Any]:
         "time_budget_s": result.config.time_budget_s,
         "wall_s": round(result.wall_s, 1),
         "baseline": baseline_json(result),
-        "chosen": chosen.text if chosen else None,
+        "chosen": chosen.text if chosen else (ORIGINAL if result.kept_original else None),
         "closest": [s.name for s in result.choice.closest],
         "threads": dataclasses.asdict(result.threads) if result.threads else None,
         "skipped_for_time": result.skipped,
@@ -130,7 +130,11 @@ def timed_rows(result: SearchResult) -> list[Scored]:
 def markdown(result: SearchResult) -> str:
     chosen = result.chosen
     lines = [f"# inferopt optimize {result.source}", ""]
-    if chosen is None:
+    if result.kept_original:
+        lines.append(
+            "No candidate within the budget is faster than the original: model.onnx is it."
+        )
+    elif chosen is None:
         lines.append(
             f"No candidate is within the budget (max drop {result.config.max_drop.text()} "
             f"in {result.metric}); the closest are in closest/."
@@ -164,6 +168,8 @@ def render_html(result: SearchResult) -> str:
     verdict = (
         f"chosen <code>{html.escape(result.chosen.text)}</code>"
         if result.chosen
+        else "the original, unchanged: no candidate within the budget is faster"
+        if result.kept_original
         else "no candidate within the budget"
     )
     return PAGE.format(

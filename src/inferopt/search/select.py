@@ -17,6 +17,7 @@ Objective = Literal["latency", "throughput", "size", "memory"]
 OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput", "size", "memory")
 TIE = 0.03  # gains this close (3%) count as equal
 Rule = Literal["upper", "point"]
+ORIGINAL = "the original, unchanged"  # always within budget, its gain 1: what a candidate must beat
 RULES: tuple[Rule, ...] = ("upper", "point")
 
 
@@ -120,6 +121,17 @@ def choose(
         return Choice(best, tuple(feasible), ())
     nearest = sorted(candidates, key=lambda c: (c.drop, -c.gain))[:closest]
     return Choice(None, (), tuple(nearest))
+
+
+def choose_against_original(
+    candidates: Sequence[Scored], budget: Budget, baseline_score: float
+) -> Choice:
+    """`choose` with the original model as one more candidate (no drop, gain 1): a candidate
+    measurably slower (or larger ...) than the model it came from is never the answer. The
+    original wins when every candidate within budget loses to it or ties with it (within TIE,
+    where the smaller drop, the original's 0, wins)."""
+    original = Scored(ORIGINAL, 0.0, 1.0, 1.0)
+    return choose([*candidates, original], budget, baseline_score)
 
 
 def pareto(

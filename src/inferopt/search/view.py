@@ -9,7 +9,7 @@ from rich.text import Text
 
 from inferopt.search.auto import SearchResult
 from inferopt.search.report import honesty, timed_rows
-from inferopt.search.select import pareto
+from inferopt.search.select import ORIGINAL, pareto
 from inferopt.search.store import Outcome
 
 
@@ -17,6 +17,8 @@ def show(result: SearchResult, console: Console) -> None:
     console.print(candidates_table(result))
     if result.chosen is not None:
         console.print(before_after(result, result.chosen))
+    elif result.kept_original:
+        console.print(f"[bold]{original_kept(result)}[/]")
     else:
         console.print(
             f"[bold red]no candidate is within the budget[/] (max drop "
@@ -30,6 +32,20 @@ def show(result: SearchResult, console: Console) -> None:
     console.print(f"search took {result.wall_s:.0f} s")
     if result.out is not None:
         console.print(f"wrote {result.out}/ (model.onnx, inferopt.json, report.html, report.json)")
+
+
+def original_kept(result: SearchResult) -> str:
+    """Why the original is the answer: the fastest within budget, and that it is no faster."""
+    feasible = [s for s in result.choice.feasible if s.name != ORIGINAL]
+    best = (
+        f" (the best within budget: {feasible[0].name} at {feasible[0].gain:.2f}x)"
+        if feasible
+        else ""
+    )
+    return (
+        f"no candidate within the budget beats the original on {result.config.objective}{best}: "
+        "model.onnx is the original, unchanged"
+    )
 
 
 def before_after(result: SearchResult, chosen: Outcome) -> Table:

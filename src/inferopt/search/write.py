@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from inferopt import artifact, hardware
 from inferopt.model import Model
 from inferopt.search import report
+from inferopt.search.select import ORIGINAL
 from inferopt.search.store import Outcome, Store
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 COMPLETE = "complete"
 IN_PROGRESS = "in-progress"
 NONE_WITHIN_BUDGET = "no-candidate-within-budget"
+ORIGINAL_KEPT = "original-kept"  # within budget, none faster: model.onnx is the original
 
 
 class BestSoFar:
@@ -68,8 +70,9 @@ def manifest(
         "kind": "search",
         "status": status,
         "source": result.source,
-        "recipe": chosen.recipe if chosen else None,
-        "recipe_text": chosen.text if chosen else None,
+        # The original kept is the empty recipe: --recipe-from reproduces it too.
+        "recipe": chosen.recipe if chosen else ([] if result.kept_original else None),
+        "recipe_text": chosen.text if chosen else (ORIGINAL if result.kept_original else None),
         "provenance": model.provenance.to_json() if model is not None else None,
         "session": {"intra_op_threads": threads.intra_op_threads if threads else 0},
         "threads": dataclasses.asdict(threads) if threads else None,
@@ -93,6 +96,8 @@ def manifest(
 
 def final(out: Path, result: SearchResult, store: Store, chosen_model: Model | None) -> Path:
     status = COMPLETE if result.chosen is not None else NONE_WITHIN_BUDGET
+    if result.kept_original:
+        status = ORIGINAL_KEPT
     names = {s.name for s in result.choice.closest}
     closest = [(o, store.model(o)) for o in result.outcomes if o.text in names]
 
