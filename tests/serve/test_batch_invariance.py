@@ -6,7 +6,7 @@ attention that loses its mask would attend to the padding and change the answer)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from inferopt import zoo
 from inferopt.recipes import build_candidate, resolve_data
-from inferopt.serve import BackgroundServer, ModelConfig
+from inferopt.serve import BackgroundServer, ModelConfig, ServerConfig
 from inferopt.sources import load
 
 pytestmark = pytest.mark.slow
@@ -85,22 +85,28 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[BackgroundServer]:
+    """One server for every model: a long batching window, so that concurrent requests are
+    merged into padded batches."""
+    model_config = ModelConfig(max_queue_delay_ms=50, max_batch_size=8, max_padding=4.0)
+    config = ServerConfig(host="127.0.0.1", http_port=0, grpc_port=0)
+    with BackgroundServer(repo, config, model_config) as background:
+        background.wait_ready()
+        yield background
+
+
 @pytest.mark.parametrize("name", [*zoo.names(), QUANTIZED])
 def test_answers_under_mixed_length_load_equal_answers_alone(
-    name: str,
-    repo: Path,
-    serve: Callable[..., BackgroundServer],
-    read_metric: Callable[..., float],
+    name: str, server: BackgroundServer, read_metric: Callable[..., float]
 ) -> None:
-    # A long batching window so that concurrent requests are merged into padded batches.
-    config = ModelConfig(max_queue_delay_ms=50, max_batch_size=8, max_padding=4.0)
-    server = serve(repo, config)
     url = f"http://{server.http_url}"
     feeds = _requests(name)
+    before = read_metric(server.http_url, "inferopt_executions_total", model=name, version="1")
     batched = asyncio.run(_concurrently(url, name, feeds))
-    executions = read_metric(server.http_url, "inferopt_executions_total", model=name, version="1")
+    after = read_metric(server.http_url, "inferopt_executions_total", model=name, version="1")
     alone = _alone(url, name, feeds)
-    assert executions < len(feeds), "the load should have been served in merged batches"
+    assert after - before < len(feeds), "the load should have been served in merged batches"
     cosines = []
     for together, single in zip(batched, alone, strict=True):
         for output, value in single.items():
