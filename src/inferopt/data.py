@@ -7,7 +7,7 @@ costs what its real sentences cost, not a fixed maximum length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,24 @@ class Layout:
                 part = part[tuple(slice(0, n) for n in target)]
             found[name] = part
         return found
+
+
+def batched_rows(
+    run: Callable[[Feed], Mapping[str, Any]],
+    feeds: Sequence[Feed],
+    alone: Sequence[Mapping[str, Any]],
+    layout: Layout,
+    size: int,
+) -> list[dict[str, Any]]:
+    """Each one-row feed's outputs as they come out of batches of `size` consecutive feeds
+    (padded to the longest), cut back to the row's shape alone (`alone`: each feed's outputs
+    run alone). Where a dropped mask or a per-batch scale shows."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(feeds), size):
+        group = feeds[start : start + size]
+        out = run(layout.stack(group))
+        rows += [layout.row(out, k, alone[start + k]) for k in range(len(group))]
+    return rows
 
 
 def batch_first(outputs: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:

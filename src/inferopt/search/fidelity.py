@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from inferopt.data import Dataset, batch_first
+from inferopt.data import Dataset, batch_first, batched_rows
 from inferopt.iospec import IOSpec
 from inferopt.measure.channels import channel_axis, compare_outputs
 from inferopt.measure.interval import Interval, bootstrap, resample_indices
@@ -48,12 +48,9 @@ def run_outputs(model: Any, data: Dataset, batched: bool = True) -> Outputs:
     alone = [batch_first(r, layout) for r in raw]
     if not batched or model.io.batch_axis is None or len(data) < 2:
         return Outputs(alone, None)
-    rows = []
-    for start in range(0, len(data), BATCH):
-        indices = range(start, min(start + BATCH, len(data)))
-        out = _only(model.run(data.batch(indices)), names)
-        rows += [batch_first(layout.row(out, k, raw[i]), layout) for k, i in enumerate(indices)]
-    return Outputs(alone, rows)
+    feeds = [data.batch([i]) for i in range(len(data))]
+    rows = batched_rows(lambda f: _only(model.run(f), names), feeds, raw, layout, BATCH)
+    return Outputs(alone, [batch_first(r, layout) for r in rows])
 
 
 def subset(outputs: Outputs, indices: Sequence[int]) -> Outputs:
