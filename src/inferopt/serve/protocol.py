@@ -344,8 +344,10 @@ def from_columns(request: InferRequest, names: frozenset[str]) -> tuple[InferReq
     input came in the model's own shape (a client that knows the model gets its shapes)."""
     columns: dict[str, np.ndarray] = {}
     advertised = True
-    for name in names & request.inputs.keys():
-        array = request.inputs[name]
+    # In the request's order, so that an error names the same input whatever the hash seed.
+    for name, array in request.inputs.items():
+        if name not in names:
+            continue
         if array.ndim == 2 and array.shape[1] == 1:
             columns[name] = array.reshape(array.shape[0])
         elif array.ndim == 1:
