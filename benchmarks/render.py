@@ -40,7 +40,8 @@ def _section(result: dict[str, Any]) -> list[str]:
         "",
         f"Run {result['date']} on {m.get('cpu')} ({m.get('cores')} cores, "
         f"{' '.join(m.get('features', []))}), "
-        f"load average at start {m.get('load_average', ['?'])[0]}.",
+        f"load average at start {m.get('load_average', ['?'])[0]}"
+        + (f", at end {after[0]}." if (after := result.get("load_average_after")) else "."),
         "",
     ]
     for t in result.get("tables", []):

@@ -50,20 +50,24 @@ class Layout:
     def seq_axis(self, name: str) -> int | None:
         return self.seq.get(name, self.default_seq)
 
-    def stack(self, rows: Sequence[Feed]) -> Feed:
-        """One feed of `rows` (each one row), padded to the longest along sequence axes."""
-        return {name: self._stack_input(name, [r[name] for r in rows]) for name in rows[0]}
+    def stack(self, rows: Sequence[Feed], length: int | None = None) -> Feed:
+        """One feed of `rows` (each one row), padded to the longest along sequence axes; with
+        `length`, cut or padded to exactly that many positions instead."""
+        return {name: self._stack_input(name, [r[name] for r in rows], length) for name in rows[0]}
 
-    def _stack_input(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+    def _stack_input(
+        self, name: str, arrays: list[np.ndarray], length: int | None = None
+    ) -> np.ndarray:
         axis = self.batch_axis(name)
         if axis is None:  # shared by every row: they must agree
             if any(not np.array_equal(a, arrays[0]) for a in arrays[1:]):
                 raise InputError(f"input {name!r} has no batch axis but differs between rows")
             return arrays[0]
         seq = self.seq_axis(name)
-        if seq is not None and len({a.shape[seq] for a in arrays}) > 1:
-            longest = max(a.shape[seq] for a in arrays)
-            arrays = [_pad_to(a, seq, longest, self.pad.get(name, 0.0)) for a in arrays]
+        if seq is not None:
+            target = length if length is not None else max(a.shape[seq] for a in arrays)
+            pad = self.pad.get(name, 0.0)
+            arrays = [_cut_or_pad(a, seq, target, pad) for a in arrays]
         return np.concatenate(arrays, axis=axis)
 
     def row(
@@ -114,6 +118,12 @@ def batch_first(outputs: Mapping[str, Any], layout: Layout) -> dict[str, np.ndar
         axis = layout.batch_axis(name)
         found[name] = value[None] if axis is None else np.moveaxis(value, axis, 0)
     return found
+
+
+def _cut_or_pad(array: np.ndarray, axis: int, length: int, value: float) -> np.ndarray:
+    if array.shape[axis] > length:
+        return np.take(array, range(length), axis=axis)
+    return array if array.shape[axis] == length else _pad_to(array, axis, length, value)
 
 
 def _pad_to(array: np.ndarray, axis: int, length: int, value: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from inferopt import artifact, hardware, zoo
+from inferopt import artifact, hardware, textdata, zoo
 from inferopt.data import Dataset
 from inferopt.errors import InputError
 from inferopt.model import Model
@@ -52,10 +52,10 @@ class RecipeResult:
 
 
 def resolve_data(model: Model, data_path: str | Path | None) -> Data:
-    """The user's .npz (split deterministically), else the zoo model's own data, else
+    """The user's .npz or .txt (split deterministically), else the zoo model's own data, else
     generated inputs (and the report says so). Every set batches as the model wants."""
     if data_path is not None:
-        data = Dataset.from_npz(data_path).for_model(model.io)
+        data = textdata.read(model, data_path).for_model(model.io)
         data.check_against(model.io)
         if len(data) < 2 * EVAL_EVERY:
             raise InputError(f"{data_path}: {len(data)} samples; at least {2 * EVAL_EVERY} needed")
@@ -95,6 +95,7 @@ def build_candidate(
     baseline: Model | None = None,
     example_inputs: Any = None,
     notes: list[str] | None = None,
+    max_train_seconds: float | None = None,
 ) -> Model:
     """The recipe's model: its PyTorch steps (pruning, sparsity, distillation; trained on the
     data's calibration side, cached) applied to the source and exported with the parity
@@ -113,7 +114,12 @@ def build_candidate(
         own = data.origin == f"zoo {baseline.provenance.source}"
         examples = training_examples(source, data.calibration, own)
         start = compress(
-            source, recipe.torch_steps, examples, baseline, example_inputs=example_inputs
+            source,
+            recipe.torch_steps,
+            examples,
+            baseline,
+            example_inputs=example_inputs,
+            max_train_seconds=max_train_seconds,
         )
     context = PassContext.for_model(start, data.calibration)
     model = apply(recipe, start, context)

@@ -72,7 +72,7 @@ def test_an_interrupted_search_keeps_its_best_and_resumes(
     real_screen = auto.screen
     calls = []
 
-    def interrupted(candidate, bench):  # type: ignore[no-untyped-def]
+    def interrupted(candidate, bench, train_s=None):  # type: ignore[no-untyped-def]
         calls.append(candidate.text)
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -193,7 +193,7 @@ def test_other_objectives_choose_by_their_own_figure(objective: str) -> None:
     within = [
         o
         for o, s in zip(result.outcomes, result.scored(), strict=True)
-        if o.full is not None and config.max_drop.allows(s.drop, result.baseline.score)
+        if o.full is not None and result.config.budget.allows(s.drop, result.baseline.score)
     ]
     if objective == "size":
         assert result.chosen.size_bytes == min(o.size_bytes for o in within)

@@ -29,7 +29,7 @@ def _data(labels: bool) -> Dataset:
 def test_metric_follows_labels_and_output_shape() -> None:
     model = _linear()
     assert metric_for(_data(labels=True), model) == "top1"
-    assert metric_for(_data(labels=False), model) == "embedding"
+    assert metric_for(_data(labels=False), model) == "retrieval"
     assert metric_for(_data(labels=False), model, "agreement") == "agreement"
 
 

@@ -15,6 +15,7 @@ from inferopt.data import Dataset
 from inferopt.model import Model
 from inferopt.search.auto import BaselineFigures, SearchConfig, SearchResult
 from inferopt.search.fidelity import Condition, Fidelity, Judge, run_outputs
+from inferopt.search.metric import resolve_budget
 from inferopt.search.report import honesty
 from inferopt.search.select import Budget, Choice, Scored
 from inferopt.search.store import Outcome
@@ -159,3 +160,43 @@ def test_an_explicit_recipe_that_damages_a_channel_exits_2_naming_it(
     err = capsys.readouterr().err
     assert "damaged output 'det' channel 4" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_retrieval_is_the_embedding_default_and_is_measured_in_padded_batches() -> None:
+    from inferopt.search.metric import Metric
+
+    baseline, unmasked = pooled_encoder(), pooled_encoder(use_mask=False)
+    data = _sentences(baseline)
+    reference = run_outputs(baseline, data)
+    metric = Metric.resolve(None, data, baseline)
+    assert (metric.name, metric.builtin) == ("retrieval", "retrieval")
+    fid = metric.judge(data, reference).measure(run_outputs(unmasked, data), reference)
+    alone, batched = fid.conditions
+    assert alone.metric_drop == 0.0 and alone.figures["ndcg@10"] == 1.0  # no padding alone
+    assert batched.metric_drop > 0.01  # the batched rows, against the baseline's alone
+    assert batched.figures["ndcg@10"] == pytest.approx(1 - batched.metric_drop)
+    assert set(batched.figures) == {"ndcg@10", "recall@10", "spearman", "nn_agreement", "cosine"}
+    assert batched.metric_interval[0] <= batched.metric_drop <= batched.metric_interval[1]
+    assert fid.agreement == 1.0 and fid.figures == alone.figures
+    assert Fidelity.from_json(fid.to_json()) == fid
+    embedding = Judge("embedding", "embedding").measure(run_outputs(unmasked, data), reference)
+    assert embedding.conditions[1].figures == batched.figures  # the same figures beside
+
+
+def test_the_report_states_the_default_budget_and_warns_when_the_data_is_too_coarse() -> None:
+    noise = Fidelity("retrieval", 1.0, 1.0, conditions=(
+        Condition("alone", 0.0, (0.0, 0.0), 1e-12, (0.0, 1e-12), ""),), samples=40)  # fmt: skip
+    wide = Condition("batched", 0.004, (0.0, 0.012), 0.0, (0.0, 0.0), "")
+    candidate = Fidelity("retrieval", 1.0, 0.996, conditions=(wide,), samples=40)
+    result = _result_with(noise, "upper")
+    result.metric = "retrieval"
+    result.config = SearchConfig(max_drop=resolve_budget(None, "retrieval"))
+    result.outcomes[0] = Outcome([], "fuse,fp16", "precision", 1.0, fidelity=candidate)
+    lines = honesty(result)
+    assert lines[0].startswith("budget: max drop 1% of mean nDCG@10 (default for retrieval)")
+    assert any(line.startswith("noise floor") and "half-width 0.0000" in line for line in lines)
+    assert not any("noise floor (95% upper" in line for line in lines)
+    coarse = next(line for line in lines if "over half the budget" in line)
+    assert "+-0.006 for fuse,fp16 (batched)" in coarse and "about 58 samples" in coarse
+    result.config = SearchConfig(max_drop=Budget.parse("2%"))
+    assert not any("over half the budget" in line for line in honesty(result))

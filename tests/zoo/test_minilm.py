@@ -34,7 +34,7 @@ def test_padding_in_a_batch_does_not_change_embeddings() -> None:
 
 def test_zoo_data_is_tokenized_held_out_corpus() -> None:
     data = minilm.data()
-    assert data.metric == "embedding"
+    assert data.metric == "retrieval"
     assert len(data.evaluation) >= 300 and len(data.calibration) == minilm.CALIBRATION_SENTENCES
     lengths = {s["input_ids"].shape[1] for s in data.evaluation.samples}
     assert len(lengths) > 10  # real sentences of varied length, not padded to a maximum

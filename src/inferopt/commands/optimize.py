@@ -4,10 +4,14 @@ fidelity, latency ratio (measured interleaved) and size ratio against the input 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
@@ -36,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
         "model", nargs="?", default=None, help=f"model source (default: {zoo.DEFAULT})"
     )
     parser.add_argument("--out", help="artifact folder to write (default: optimized/MODEL)")
-    parser.add_argument("--data", help=".npz with inputs keyed by name (and optional labels)")
+    parser.add_argument("--data", help=".npz of inputs by name, or .txt: one text a line")
     inputs.add_shape_option(parser)
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--recipe", help="comma-separated passes, in order (no search)")
@@ -44,9 +48,9 @@ def add_parser(subparsers: Any) -> None:
     search = parser.add_argument_group("search (without --recipe)")
     search.add_argument(
         "--max-drop",
-        default="0.5%",
-        help="accuracy budget: 0.5%% (relative) "
-        "or 0.005 (absolute, in the metric's units) (default: %(default)s)",
+        default=None,
+        help="accuracy budget: 1%% (relative) or 0.01 (absolute, in the metric's units) "
+        "(default: the metric's own: 1%% of mean nDCG@10 for retrieval, else 0.5%%)",
     )
     parser.add_argument(
         "--channel-axis", action="append", default=[], metavar="OUTPUT:AXIS",
@@ -60,10 +64,20 @@ def add_parser(subparsers: Any) -> None:
     )  # fmt: skip
     search.add_argument(
         "--metric",
-        help="top1 | embedding | agreement | module:function "
-        "(called as function(outputs, labels) -> float, higher is better)",
+        help="top1 | retrieval | embedding | agreement | module:function "
+        "(called as function(outputs, labels) -> float, higher is better); default: the "
+        "model's own, else top1 with labels, retrieval (nDCG@10) for embeddings, agreement",
     )
-    search.add_argument("--objective", choices=OBJECTIVES, default="latency")
+    search.add_argument(
+        "--objective", choices=OBJECTIVES, default="latency",
+        help="what the chosen model is best at: latency (batch 1), throughput (at "
+        "--throughput-shape), size or memory; both speeds are reported either way",
+    )  # fmt: skip
+    search.add_argument(
+        "--throughput-shape", default="32x128", metavar="BATCHxTOKENS",
+        help="the batch throughput is timed at: held-out samples cut or padded (mask 0) to "
+        "TOKENS; BATCH alone for models without a sequence axis (default: %(default)s)",
+    )  # fmt: skip
     search.add_argument(
         "--time-budget",
         type=_seconds,
@@ -128,27 +142,31 @@ def run_recipe(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     from inferopt.search import view
     from inferopt.search.auto import SearchConfig, optimize
+    from inferopt.search.screen import ThroughputShape
     from inferopt.search.select import Budget
 
     config = SearchConfig(
-        max_drop=Budget.parse(args.max_drop, args.budget_rule),
+        max_drop=None if args.max_drop is None else Budget.parse(args.max_drop, args.budget_rule),
+        budget_rule=args.budget_rule,
         channel_axes=channel_axes(args),
         objective=args.objective,
         time_budget_s=args.time_budget,
         metric=args.metric,
         fresh=args.fresh,
         training=not args.no_training,
+        throughput=ThroughputShape.parse(args.throughput_shape),
     )
     model = args.model or zoo.DEFAULT
     out = args.out or default_out(model)
+    log = ProgressLog(console)
     try:
-        with console.status(f"optimizing {model}: measuring the baseline ...") as status:
+        with log.live(f"optimizing {model}: loading it ..."):
             result = optimize(
                 model,
                 out,
                 data=args.data,
                 config=config,
-                progress=lambda m: status.update(m),
+                progress=log,
                 shapes=inputs.shapes(args),
             )
     except KeyboardInterrupt:
@@ -159,6 +177,34 @@ def run_search(args: argparse.Namespace) -> int:
         raise
     view.show(result, console)
     return 0 if result.chosen is not None or result.kept_original else EXIT_NONE_WITHIN_BUDGET
+
+
+class ProgressLog:
+    """The search's progress, one line per message with the time since the start ("[ 42s]
+    ..."), flushed as it comes: plain text when the output is not a terminal (a log, a pipe,
+    CI), with a spinner showing the current step beneath the lines in a terminal."""
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.start = time.perf_counter()
+        self.status: Status | None = None
+
+    @contextlib.contextmanager
+    def live(self, first: str) -> Iterator[None]:
+        if not self.out.is_terminal:  # the search's own first line comes at once
+            yield
+            return
+        with self.out.status(first) as self.status:
+            yield
+        self.status = None
+
+    def __call__(self, message: str) -> None:
+        line = f"[{time.perf_counter() - self.start:3.0f}s] {message}"
+        if self.status is None:
+            print(line, file=self.out.file, flush=True)
+            return
+        self.out.print(Text(line), soft_wrap=True)
+        self.status.update(Text(message))
 
 
 def channel_axes(args: argparse.Namespace) -> dict[str, int | None]:

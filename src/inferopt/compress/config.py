@@ -11,6 +11,7 @@ from typing import Literal
 
 Criterion = Literal["l1", "l2", "taylor", "activation"]
 Scope = Literal["layer", "global"]
+Schedule = Literal["cosine", "linear"]
 CRITERIA = ("l1", "l2", "taylor", "activation")
 _NM = re.compile(r"^(\d+)(?:of|:)(\d+)$")  # "2of4" on the command line, "2:4" from Python
 
@@ -99,18 +100,31 @@ class SparsityConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The training loop that recovers accuracy: AdamW, linear warm-up then cosine decay,
-    early stopping on the validation metric (the best epoch's weights are kept)."""
+    """The training loop that recovers accuracy: AdamW, linear warm-up then cosine (or
+    linear) decay to zero, early stopping on the validation metric (the best weights seen
+    are kept).
+
+    Validation runs after every epoch, and also every `validation_steps` optimizer steps
+    when that is positive (large corpora: an epoch is too coarse); `patience` counts
+    validations without a better score. `max_seconds` caps the wall-clock time of training
+    (validation included): the decay then follows whichever of steps or time runs out
+    first, so a capped run still ends at a small learning rate. `log_seconds` spaces the
+    plain-text progress lines."""
 
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.0
     warmup_fraction: float = 0.05
-    patience: int = 3  # epochs without a better validation score before stopping
+    patience: int = 3  # validations without a better score before stopping
     validation_every: int = 10  # every 10th training example validates, never trains
     seed: int = 0
     threads: int = 1  # 1: bit-reproducible on this machine whatever its core count
+    schedule: Schedule = "cosine"
+    validation_steps: int = 0  # 0: validate once per epoch only
+    validation_limit: int = 0  # at most this many validation examples (0: all of them)
+    max_seconds: float | None = None  # None: no wall-clock cap
+    log_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -129,6 +143,14 @@ class FinetuneConfig:
             raise ValueError(f"validation_every must be at least 2, got {self.validation_every}")
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"schedule must be 'cosine' or 'linear', not {self.schedule!r}")
+        if self.validation_steps < 0 or self.validation_limit < 0:
+            raise ValueError("validation_steps and validation_limit must not be negative")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if not self.log_seconds > 0:
+            raise ValueError(f"log_seconds must be positive, got {self.log_seconds}")
 
 
 @dataclass(frozen=True)
@@ -136,21 +158,43 @@ class DistillConfig:
     """What the student learns from the teacher. The loss is the weighted sum of
     - `hard_weight` x cross-entropy to the labels (when there are labels),
     - `soft_weight` x KL divergence of the softened logits (temperature T, scaled by T^2),
-    - `embedding_weight` x (1 - cosine) of outputs (for embedding models, or no labels),
+    - `embedding_weight` x (1 - cosine) of outputs (for embedding models, or no labels;
+      a [batch, seq, width] output is mean-pooled over real tokens first),
+    - `embedding_mse_weight` x mean squared error of those same outputs,
     - `hidden_weight` x mean squared error of matched hidden states (layer-dropped
-      transformers: student layer i to the teacher layer it was copied from)."""
+      transformers: student layer i to the teacher layer it was copied from, the last one
+      to the teacher's last layer),
+    - `relation_weight` x KL divergence of the query-query, key-key and value-value
+      self-attention relations of the last student layer to the teacher's last layer
+      (MiniLMv2), over `relation_heads` heads (None: the teacher's attention heads).
+
+    The hidden-state and relation terms need a layer-dropped student (they are skipped for
+    students without matched layers). Defaults are those measured best on all-MiniLM-L6-v2
+    (docs/compress.md)."""
 
     temperature: float = 4.0
     hard_weight: float = 0.5
     soft_weight: float = 0.5
     embedding_weight: float = 1.0
+    embedding_mse_weight: float = 0.0
     hidden_weight: float = 0.0
+    relation_weight: float = 0.0
+    relation_heads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        weights = (self.hard_weight, self.soft_weight, self.embedding_weight, self.hidden_weight)
+        weights = (
+            self.hard_weight,
+            self.soft_weight,
+            self.embedding_weight,
+            self.embedding_mse_weight,
+            self.hidden_weight,
+            self.relation_weight,
+        )
         if min(weights) < 0:
             raise ValueError("loss weights must not be negative")
         if not any(weights):
             raise ValueError("at least one loss weight must be positive")
+        if self.relation_heads is not None and self.relation_heads < 1:
+            raise ValueError(f"relation_heads must be at least 1, got {self.relation_heads}")

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import json
 import re
+import sys
 from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
@@ -24,7 +25,13 @@ from torch import nn
 from inferopt import __version__, zoo
 from inferopt.cache import cache_dir
 from inferopt.compress.config import DistillConfig, FinetuneConfig
-from inferopt.compress.distillation import choose_layers, distill, layer_dropped, narrower
+from inferopt.compress.distillation import (
+    choose_layers,
+    distill,
+    layer_dropped,
+    narrower,
+    student_key,
+)
 from inferopt.compress.prune import prune_
 from inferopt.compress.sparsity import sparsify_
 from inferopt.compress.steps import DistillStep, PruneStep, SparsifyStep, TorchStep
@@ -36,9 +43,20 @@ from inferopt.model import Model, load_onnx
 from inferopt.zoo.registry import TorchSource
 
 # Bump when what a step does changes (training defaults, losses): it renames cache entries.
-VERSION = "1"
-# Training defaults by model family; a step's epochs= and lr= override them.
-TRANSFORMER_TRAINING = FinetuneConfig(epochs=4, lr=5e-4, batch_size=32, patience=2, threads=2)
+VERSION = "2"
+# Training defaults by model family; a step's epochs= and lr= override them. Transformers
+# train on large corpora: validated every 100 steps, linear decay, capped at 15 minutes.
+TRANSFORMER_TRAINING = FinetuneConfig(
+    epochs=3,
+    lr=5e-4,
+    batch_size=32,
+    patience=4,
+    threads=2,
+    schedule="linear",
+    validation_steps=100,
+    validation_limit=512,
+    max_seconds=900.0,
+)
 CNN_TRAINING = FinetuneConfig(epochs=12, lr=1e-3, batch_size=32)
 FROM_SCRATCH_EPOCHS = 40  # a freshly initialised narrower student learns everything
 IMPORTANCE_BATCH = 32
@@ -105,9 +123,12 @@ def compress(
     *,
     example_inputs: Any = None,
     use_cache: bool = True,
+    max_train_seconds: float | None = None,
 ) -> Model:
     """Apply `steps` to the source's PyTorch model, train on `examples`, export (parity
-    checked) with the baseline's interface; cached."""
+    checked) with the baseline's interface; cached. `max_train_seconds` caps each step's
+    training below its family's default cap (the search passes what its time budget has left);
+    the cache does not depend on it, so a student trained under a shorter cap is reused."""
     built = torch_source(source, example_inputs)
     _check_examples(examples, built, baseline)
     path = _cache_path(source, built, steps, examples)
@@ -115,7 +136,7 @@ def compress(
         return load_onnx(path)
     module, records = built.module, []
     for step in steps:
-        module, report = apply_step(module, step, built.example_inputs, examples)
+        module, report = apply_step(module, step, built.example_inputs, examples, max_train_seconds)
         records.append({"pass": step.name, "options": step.options(), "report": report})
     model = export_module(
         module,
@@ -140,19 +161,24 @@ def apply_step(
     step: TorchStep,
     example_inputs: dict[str, torch.Tensor],
     examples: Dataset,
+    max_train_seconds: float | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """One step on `module` (changed in place, or replaced by a student); its report."""
     if isinstance(step, PruneStep):
-        return module, _prune(module, step, example_inputs, examples)
+        return module, _prune(module, step, example_inputs, examples, max_train_seconds)
     if isinstance(step, SparsifyStep):
-        return module, _sparsify(module, step, examples)
+        return module, _sparsify(module, step, examples, max_train_seconds)
     if isinstance(step, DistillStep):
-        return _distill(module, step, examples)
+        return _distill(module, step, examples, max_train_seconds)
     raise TypeError(f"unknown PyTorch step {type(step).__name__}")
 
 
 def _prune(
-    module: nn.Module, step: PruneStep, example_inputs: dict[str, torch.Tensor], examples: Dataset
+    module: nn.Module,
+    step: PruneStep,
+    example_inputs: dict[str, torch.Tensor],
+    examples: Dataset,
+    cap: float | None = None,
 ) -> dict[str, Any]:
     config = step.config()
     if config.criterion == "taylor" and examples.labels is None:
@@ -162,7 +188,7 @@ def _prune(
     batches = list(TrainData(scored).batches(IMPORTANCE_BATCH))
     report = prune_(module, config, example_inputs, batches=batches, loss=_cross_entropy)
     result = report.to_json()
-    training = _training(step, module)
+    training = _training(step, module, cap)
     if training.epochs:
         trained = distill(module, teacher, examples, DistillConfig(), training, label="fine-tuning")
         result.update(trained.to_json())
@@ -177,10 +203,12 @@ def _cross_entropy(module: nn.Module, batch: Batch) -> torch.Tensor:
     return nn.functional.cross_entropy(forward(module, batch.inputs), batch.labels)
 
 
-def _sparsify(module: nn.Module, step: SparsifyStep, examples: Dataset) -> dict[str, Any]:
+def _sparsify(
+    module: nn.Module, step: SparsifyStep, examples: Dataset, cap: float | None = None
+) -> dict[str, Any]:
     teacher = copy.deepcopy(module).eval()
     masks = sparsify_(module, step.config())
-    training = _training(step, module)
+    training = _training(step, module, cap)
     result = masks.to_json()
     if training.epochs:
         trained = distill(
@@ -198,10 +226,10 @@ def _sparsify(module: nn.Module, step: SparsifyStep, examples: Dataset) -> dict[
 
 
 def _distill(
-    module: nn.Module, step: DistillStep, examples: Dataset
+    module: nn.Module, step: DistillStep, examples: Dataset, cap: float | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     teacher = module.eval()
-    training = _training(step, teacher)
+    training = _training(step, teacher, cap)
     hidden = None
     shape: dict[str, Any]
     if step.layers is not None:
@@ -214,18 +242,33 @@ def _distill(
         epochs = FROM_SCRATCH_EPOCHS if step.epochs is None else step.epochs
         training = replace(training, epochs=epochs, patience=8)
         shape = {"width": step.width}
-    trained = distill(student, teacher, examples, step.config(), training, hidden=hidden)
+    # The key leaves the cap out: a student trained under a search's shorter cap is reused.
+    uncapped = replace(training, max_seconds=_training(step, teacher).max_seconds)
+    key = student_key(teacher, examples, step.options(), uncapped, shape, version=VERSION)
+    trained = distill(
+        student, teacher, examples, step.config(), training, hidden=hidden, log=_log, cache_key=key
+    )
     return student, {"student": type(student).__name__, **shape, **trained.to_json()}
 
 
-def _training(step: TorchStep, module: nn.Module) -> FinetuneConfig:
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)  # long trainings say how they are going
+
+
+def _training(step: TorchStep, module: nn.Module, cap: float | None = None) -> FinetuneConfig:
+    """The family's training defaults with the step's overrides; `cap` (seconds) lowers the
+    wall-clock cap, never raises it."""
     transformer = any(hasattr(m, "num_attention_heads") for m in module.modules())
     base = TRANSFORMER_TRAINING if transformer else CNN_TRAINING
+    limit = base.max_seconds
+    if cap is not None:
+        limit = cap if limit is None else min(limit, cap)
     return replace(
         base,
         epochs=base.epochs if step.epochs is None else step.epochs,
         lr=base.lr if step.lr is None else step.lr,
         seed=step.seed,
+        max_seconds=limit,
     )
 
 

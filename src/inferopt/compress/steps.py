@@ -91,7 +91,8 @@ class DistillStep(TorchStep):
     temperature: float = 4.0
     hard_weight: float = 0.5
     soft_weight: float = 0.5
-    hidden_weight: float = 0.0
+    hidden_weight: float = 1.0  # layer-dropped students: hidden-state MSE
+    relation_weight: float = 1.0  # layer-dropped students: MiniLMv2 Q/K/V relations
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,6 +110,7 @@ class DistillStep(TorchStep):
             hard_weight=self.hard_weight,
             soft_weight=self.soft_weight,
             hidden_weight=self.hidden_weight,
+            relation_weight=self.relation_weight,
         )
 
 

@@ -107,6 +107,10 @@ class TrainReport:
     best_score: float
     losses: tuple[float, ...]  # mean training loss per epoch
     seconds: float
+    steps: int = 0  # optimizer steps taken
+    examples_seen: int = 0  # training examples through the student, repeats counted
+    stopped: str = "epochs"  # "epochs", "patience" or "time"
+    cached: bool = False  # True: the weights came from the student cache, not training
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +120,10 @@ class TrainReport:
             "validation_after": round(self.best_score, 5),
             "train_seconds": round(self.seconds, 1),
             "losses": [round(x, 5) for x in self.losses],
+            "steps": self.steps,
+            "examples_seen": self.examples_seen,
+            "stopped": self.stopped,
+            "cached": self.cached,
         }
 
 
@@ -162,87 +170,185 @@ def finetune(
     *,
     after_step: Callable[[], None] | None = None,
     label: str = "fine-tuning",
+    log: Callable[[str], None] | None = None,
 ) -> TrainReport:
-    """Train `module` in place; keep the weights of the best validation epoch."""
+    """Train `module` in place; keep the weights of the best validation. Validation after
+    every epoch and every `config.validation_steps` steps; stops after `config.patience`
+    validations without a better score, or at `config.max_seconds`. `log` gets a plain-text
+    line every `config.log_seconds` (step, examples/s, loss, validation score)."""
     train, validation = data.split(config.validation_every)
-    started = time.perf_counter()
+    if config.validation_limit and len(validation) > config.validation_limit:
+        validation = validation._subset(list(range(config.validation_limit)))
+    run = _Run(module, objective, score, validation, config, after_step, label, log)
     with reproducible(config.seed, config.threads):
-        initial = best = score(module, validation)
-        best_state, best_epoch, losses = copy.deepcopy(module.state_dict()), 0, []
-        optimizer = torch.optim.AdamW(
+        run.start()
+        steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        run.schedule = warmup_decay(
+            run.optimizer, config, steps_per_epoch * config.epochs, run.elapsed
+        )
+        order_rng = np.random.default_rng(config.seed)
+        with _progress(label, steps_per_epoch * config.epochs) as advance:
+            for _ in range(config.epochs):
+                order = train.batch_order(
+                    order_rng.permutation(len(train)), config.batch_size, order_rng
+                )
+                stop = run.epoch(train, order, advance)
+                # Also after a stop by the clock: the last weights deserve their score.
+                if run.validate(end_of_epoch=True) or stop:
+                    break
+        return run.finish()
+
+
+class _Run:
+    """The state of one `finetune`: optimizer, best weights, counters, the clock."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        objective: Objective,
+        score: Score,
+        validation: TrainData,
+        config: FinetuneConfig,
+        after_step: Callable[[], None] | None,
+        label: str,
+        log: Callable[[str], None] | None,
+    ) -> None:
+        self.module, self.objective, self.score = module, objective, score
+        self.validation, self.config, self.after_step = validation, config, after_step
+        self.label, self.log = label, log
+        self.optimizer = torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad],
             lr=config.lr,
             weight_decay=config.weight_decay,
         )
-        steps_per_epoch = math.ceil(len(train) / config.batch_size)
-        schedule = warmup_cosine(optimizer, config, steps_per_epoch * config.epochs)
-        order_rng = np.random.default_rng(config.seed)
-        with _progress(label, steps_per_epoch * config.epochs) as advance:
-            for epoch in range(1, config.epochs + 1):
-                order = train.batch_order(
-                    order_rng.permutation(len(train)), config.batch_size, order_rng
-                )
-                losses.append(
-                    _epoch(
-                        module, objective, train, order, optimizer, schedule, after_step, advance
-                    )
-                )
-                current = score(module, validation)
-                # Ties count as progress: a small validation set saturates (100% top-1), and
-                # later epochs of the decaying schedule are the better-settled weights.
-                if current >= best:
-                    best, best_epoch = current, epoch
-                    best_state = copy.deepcopy(module.state_dict())
-                elif epoch - best_epoch >= config.patience:
-                    break
-        module.load_state_dict(best_state)
-        module.eval()
-    return TrainReport(
-        len(losses), best_epoch, initial, best, tuple(losses), time.perf_counter() - started
-    )
+        self.schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.started = self.last_log = time.perf_counter()
+        self.steps = self.examples = self.epochs = self.best_epoch = self.since_best = 0
+        self.validated_at = -1
+        self.losses: list[float] = []
+        self.recent: list[float] = []
+        self.stopped = "epochs"
+        self.initial = self.best = self.current = 0.0
+        self.best_state: dict[str, Any] = {}
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
-def _epoch(
-    module: nn.Module,
-    objective: Objective,
-    train: TrainData,
-    order: list[list[int]],
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    after_step: Callable[[], None] | None,
-    advance: Callable[[], None],
-) -> float:
-    module.train()
-    total, count = 0.0, 0
-    for indices in order:
-        batch = train.batch(indices)
-        optimizer.zero_grad()
-        loss = objective(module, batch)
+    def start(self) -> None:
+        self.initial = self.best = self.current = self.score(self.module, self.validation)
+        self.best_state = copy.deepcopy(self.module.state_dict())
+
+    def out_of_time(self) -> bool:
+        cap = self.config.max_seconds
+        return cap is not None and self.elapsed() >= cap
+
+    def epoch(self, train: TrainData, order: list[list[int]], advance: Callable[[], None]) -> bool:
+        """One pass over `order`; True when training must stop (time, patience)."""
+        self.epochs += 1
+        total, count = 0.0, 0
+        for indices in order:
+            loss = self.step(train.batch(indices))
+            total, count = total + loss, count + 1
+            advance()
+            self._maybe_log()
+            every = self.config.validation_steps
+            stop = every > 0 and self.steps % every == 0 and self.validate(end_of_epoch=False)
+            if stop or self.out_of_time():
+                self.stopped = self.stopped if stop else "time"
+                break
+        self.losses.append(total / max(count, 1))
+        return self.stopped != "epochs"
+
+    def step(self, batch: Batch) -> float:
+        self.module.train()
+        self.optimizer.zero_grad()
+        loss = self.objective(self.module, batch)
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
-        optimizer.step()
-        schedule.step()
-        if after_step is not None:
-            after_step()
-        total, count = total + float(loss.detach()), count + 1
-        advance()
-    module.eval()
-    return total / max(count, 1)
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        if self.after_step is not None:
+            self.after_step()
+        self.steps += 1
+        self.examples += len(next(iter(batch.inputs.values())))
+        value = float(loss.detach())
+        self.recent.append(value)
+        return value
+
+    def validate(self, *, end_of_epoch: bool) -> bool:
+        """Score the weights, keep them if best; True when patience has run out."""
+        if end_of_epoch and self.validated_at == self.steps:
+            return False  # the step count's validation just scored these weights
+        self.validated_at = self.steps
+        self.module.eval()
+        self.current = self.score(self.module, self.validation)
+        # Ties count as progress: a small validation set saturates (100% top-1), and later
+        # weights of the decaying schedule are the better-settled ones.
+        if self.current >= self.best:
+            self.best, self.best_epoch, self.since_best = self.current, self.epochs, 0
+            self.best_state = copy.deepcopy(self.module.state_dict())
+            return False
+        self.since_best += 1
+        if self.since_best >= self.config.patience:
+            self.stopped = "patience" if self.stopped == "epochs" else self.stopped
+            return True
+        return False
+
+    def _maybe_log(self) -> None:
+        now = time.perf_counter()
+        if self.log is None or now - self.last_log < self.config.log_seconds:
+            return
+        loss = sum(self.recent) / max(len(self.recent), 1)
+        self.log(
+            f"{self.label}: step {self.steps}, {self.examples / self.elapsed():.1f} examples/s, "
+            f"loss {loss:.4f}, validation {self.current:.4f} (best {self.best:.4f}), "
+            f"{self.elapsed():.0f} s"
+        )
+        self.last_log, self.recent = now, []
+
+    def finish(self) -> TrainReport:
+        self.module.load_state_dict(self.best_state)
+        self.module.eval()
+        return TrainReport(
+            self.epochs,
+            self.best_epoch,
+            self.initial,
+            self.best,
+            tuple(self.losses),
+            self.elapsed(),
+            self.steps,
+            self.examples,
+            self.stopped,
+        )
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, config: FinetuneConfig, total_steps: int
+def warmup_decay(
+    optimizer: torch.optim.Optimizer,
+    config: FinetuneConfig,
+    total_steps: int,
+    elapsed: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up (Adam's first steps on a freshly pruned model are the noisiest), then
-    cosine decay to zero, so the last epochs settle rather than jump."""
+    cosine or linear decay to zero, so the last steps settle rather than jump. With a time
+    cap (`config.max_seconds` and `elapsed`, seconds since training began), progress is the
+    larger of the step and time fractions: a run cut by the clock still decays."""
     warmup = max(1, int(total_steps * config.warmup_fraction))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if config.max_seconds is not None and elapsed is not None:
+            progress = max(progress, elapsed() / config.max_seconds)
+        progress = min(1.0, progress)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+warmup_cosine = warmup_decay  # the earlier name
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """How close a candidate model's outputs are to the task's truth or to a reference model's.
 
-Whole-output figures (top1, mean_cosine, nearest_neighbour_agreement); what an output's name and
-values say about how it is decided on (decision_kind) and its NaN/Inf (nonfinite_share); and the
+Whole-output figures (top1, mean_cosine, nearest_neighbour_agreement) and per-query retrieval
+figures (retrieval_scores: nDCG@10, recall@10, Spearman); what an output's name and values say
+about how it is decided on (decision_kind) and its NaN/Inf (nonfinite_share); and the
 per-channel result types that `channels.compare_outputs` fills in, with the bootstrap intervals
 of `interval`.
 """
@@ -53,6 +54,111 @@ def nearest_neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) ->
         return nearest
 
     return float(np.mean(neighbours(reference) == neighbours(candidate)))
+
+
+# Retrieval: how embeddings are used. Each text is a query against the other n - 1 (the corpus
+# is the same texts); the reference's ranking is the truth, the candidate's is judged by it.
+
+RETRIEVAL_K = 10
+ROW_CHUNK = 512  # queries ranked at once for Spearman: bounds memory to a few [512, n] arrays
+
+
+def retrieval_scores(
+    reference: np.ndarray, candidate: np.ndarray, k: int = RETRIEVAL_K
+) -> dict[str, np.ndarray]:
+    """Per-query retrieval figures of `candidate` embeddings against `reference` ones, both
+    [n, d] floats for the same n texts (n >= 2). Every text is a query against the other n - 1,
+    ranked by cosine. Relevance comes from the reference: its top-k neighbours of a query are
+    relevant, with graded gain k + 1 - rank (k for its nearest, 1 for its k-th), 0 for the rest.
+    Returns float64 arrays [n], one value per query, each in [0, 1] (Spearman in [-1, 1]):
+      "ndcg@K": the candidate's top-k ranking's discounted cumulative gain (gain / log2(rank + 1))
+        over the reference's own, the ideal (nDCG: Jarvelin & Kekalainen, "Cumulated gain-based
+        evaluation of IR techniques", ACM TOIS 20(4), 2002);
+      "recall@K": the share of the reference's top-k in the candidate's top-k;
+      "spearman": Spearman's rank correlation between the query's reference and candidate
+        similarities to all n - 1 others (ordinal ranks: ties, rare between floats, are broken
+        by position, not averaged).
+    K is k as asked (keys "ndcg@10", "recall@10" by default), capped at n - 1. The reference
+    against itself gives exactly 1.0 everywhere. A query whose candidate row is not finite
+    scores 0 on all three, and such a row is never retrieved (its similarities count as
+    -inf). Memory: two [n, n] float64 arrays (n = 4096: 134 MB each) and [512, n] blocks.
+    Raises ValueError for n < 2, differing shapes, or k < 1."""
+    if reference.shape != candidate.shape or reference.ndim != 2:
+        raise ValueError(
+            f"retrieval needs two [n, d] arrays of one shape, got "
+            f"{list(reference.shape)} and {list(candidate.shape)}"
+        )
+    n, named = reference.shape[0], k
+    if n < 2 or k < 1:
+        raise ValueError(f"retrieval needs n >= 2 and k >= 1, got n={n}, k={k}")
+    k = min(k, n - 1)
+    finite = np.isfinite(candidate).all(axis=1)
+    ref_sims, got_sims = _similarities(reference), _similarities(candidate)
+    ref_top, got_top = _top_k(ref_sims, k), _top_k(got_sims, k)
+    grades = np.arange(k, 0, -1, dtype=np.float64)  # the reference's rank 1..k: gain k..1
+    # Each candidate pick's gain: the grade of the reference's pick it equals, else 0 ([n, k, k]).
+    got_gain = (got_top[:, :, None] == ref_top[:, None, :]) @ grades
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    # The ideal the same way as the candidate's, so that the reference scores exactly 1.0.
+    ideal = np.sum(np.broadcast_to(grades, got_gain.shape) * discount, axis=1)
+    ndcg = np.sum(got_gain * discount, axis=1) / ideal
+    recall = (got_gain > 0).sum(axis=1) / k
+    spearman = np.concatenate([
+        _spearman_rows(_off_diagonal(ref_sims, rows), _off_diagonal(got_sims, rows))
+        for rows in range(0, n, ROW_CHUNK)
+    ])  # fmt: skip
+    zero = np.zeros(n)
+    return {
+        f"ndcg@{named}": np.where(finite, ndcg, zero),
+        f"recall@{named}": np.where(finite, recall, zero),
+        "spearman": np.where(finite, spearman, zero),
+    }
+
+
+def _similarities(x: np.ndarray) -> np.ndarray:
+    """Cosine of every pair of rows, float64 [n, n]; non-finite entries (from a non-finite row)
+    become -inf, so that they rank last; the diagonal is -inf (a text is not its own answer)."""
+    unit = _unit_rows(np.where(np.isfinite(x), x, np.nan))
+    sims: np.ndarray = unit @ unit.T
+    sims[~np.isfinite(sims)] = -np.inf
+    np.fill_diagonal(sims, -np.inf)
+    return sims
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's k largest, largest first: int64 [n, k]. argpartition finds them in
+    O(n) per row; only those k are sorted (stably, so equal inputs give equal outputs)."""
+    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
+    top: np.ndarray = np.take_along_axis(part, order, axis=1)
+    return top
+
+
+def _off_diagonal(sims: np.ndarray, start: int) -> np.ndarray:
+    """Rows start .. start + ROW_CHUNK of `sims` without their diagonal entry: [rows, n - 1]."""
+    block = sims[start : start + ROW_CHUNK]
+    rows, n = block.shape
+    keep = np.arange(n)[None, :] != np.arange(start, start + rows)[:, None]
+    rest: np.ndarray = block[keep].reshape(rows, n - 1)
+    return rest
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho per row of two [n, m] arrays from ordinal ranks: 1 - 6 sum(d^2) /
+    (m (m^2 - 1)), exact for ranks without ties (identical rows give exactly 1.0); 1.0 for m=1."""
+    m = a.shape[1]
+    if m < 2:
+        return np.ones(a.shape[0])
+    d = _ranks(a) - _ranks(b)
+    rho: np.ndarray = 1.0 - 6.0 * np.sum(d * d, axis=1) / (m * (m * m - 1.0))
+    return rho
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(x.shape[1])[None, :], axis=1)
+    return ranks.astype(np.float64)
 
 
 # Non-finite values and decisions: what a comparison (channels.compare_outputs) needs to know

@@ -24,16 +24,30 @@ from inferopt.passes.base import PassContext
 from inferopt.passes.recipe import Recipe
 from inferopt.recipes import resolve_data
 from inferopt.search import space, training, write
-from inferopt.search.evaluate import MIN_ROUND_S
+from inferopt.search.evaluate import MIN_ROUND_S, LatencyComparison
 from inferopt.search.fidelity import Fidelity, checks, noise_floor, run_outputs
-from inferopt.search.metric import Metric
-from inferopt.search.screen import FULL_FEEDS, FULL_ROUNDS, Bench, confirm, memory_bytes, screen
+from inferopt.search.metric import Metric, resolve_budget
+from inferopt.search.screen import (
+    FULL_FEEDS,
+    FULL_ROUNDS,
+    Bench,
+    ThroughputShape,
+    batch1_seconds,
+    both_objectives,
+    both_objectives_cost,
+    confirm,
+    feed_seconds,
+    finished_line,
+    memory_bytes,
+    screen,
+)
 from inferopt.search.select import (
     OBJECTIVES,
     ORIGINAL,
     Budget,
     Choice,
     Objective,
+    Rule,
     Scored,
     choose,
     choose_against_original,
@@ -42,12 +56,15 @@ from inferopt.search.store import Outcome, Store
 from inferopt.search.threads import ThreadChoice, tune_threads
 from inferopt.sources import load
 
-DEFAULT_BUDGET = Budget(0.005, relative=True)
 MIN_RESERVE_S = 10.0  # writing the artifact, at least
 PROXY_FACTOR, PROXY_MARGIN = 3.0, 0.05  # see proxy_limit
 FALLBACK_ROOTS = 2  # int8 recipes that missed the budget whose fallback depths are tried
 GIVE_UP_AFTER = 3  # candidates of a family screened out in a row: the rest are not tried
 TRAINING_PRIOR_S = 120.0  # a first training candidate's estimate, before any has run
+# A training candidate trains for what the budget has left after the reserve and its own
+# export and measurement (EXPORT_S plus a plain candidate's cost); under MIN_TRAINING_S it is
+# left out, as a few minutes of distillation on 2 cores makes no usable student.
+MIN_TRAINING_S, EXPORT_S = 180.0, 60.0
 # A first fallback's estimate, in plain candidates of its family: measured on minilm, 265 s
 # against 17-33 s (the sensitivity scan quantizes and runs each of 36 nodes alone).
 FALLBACK_FACTOR = 9.0
@@ -55,13 +72,17 @@ FALLBACK_FACTOR = 9.0
 
 @dataclass(frozen=True)
 class SearchConfig:
-    max_drop: Budget = DEFAULT_BUDGET
+    # None: the metric's default (search.metric.DEFAULT_BUDGETS: 1% for retrieval, else 0.5%),
+    # under `budget_rule`; `optimize` resolves it once the metric is known (see `budget`).
+    max_drop: Budget | None = None
+    budget_rule: Rule = "upper"
     objective: Objective = "latency"
     time_budget_s: float = 600.0
     metric: str | None = None  # a built-in metric name or module:function; None: the data's
     shortlist: int = 3  # candidates given the full interleaved comparison
     fresh: bool = False  # measure again candidates that an earlier run finished
     training: bool = True  # try pruning and distillation when the source can be trained
+    throughput: ThroughputShape = field(default_factory=ThroughputShape)  # timed at
     # output -> its channel axis (None: the whole output is one channel); default: the last
     channel_axes: dict[str, int | None] = field(default_factory=dict)
 
@@ -72,6 +93,13 @@ class SearchConfig:
             raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
         if self.shortlist < 1:
             raise ValueError("shortlist must be at least 1")
+
+    @property
+    def budget(self) -> Budget:
+        """The budget in force: `max_drop`, given or resolved by `optimize` (`resolve_budget`)."""
+        if self.max_drop is None:
+            raise ValueError("the budget is the metric's default, known once optimize() runs")
+        return self.max_drop
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,10 @@ class SearchResult:
     kept_original: bool = False  # candidates were within budget, but none beat the original
     wall_s: float = 0.0
     out: Path | None = None
+    # The chosen model against the baseline at batch 1 ("latency") and at the throughput
+    # shape ("throughput"), whichever objective was searched for; see `timed_at`.
+    objectives: dict[str, LatencyComparison] = field(default_factory=dict)
+    timed_at: dict[str, str] = field(default_factory=dict)  # objective -> its inputs in words
 
     def scored(self) -> list[Scored]:
         return scored(self.outcomes, self.config, self.baseline)
@@ -142,11 +174,14 @@ def optimize(
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         artifact.check_destination(out_path)
-    bench, figures = prepare(source, data, config, clock, shapes)
-    store = Store.for_search(
-        bench.baseline, (bench.data.calibration, bench.data.evaluation), bench.metric.name
-    )
     label = source if isinstance(source, str) else type(source).__name__
+    bench, figures = prepare(source, data, config, clock, shapes, tell)
+    budget = resolve_budget(config.max_drop, bench.metric.name, config.budget_rule)
+    config = dataclasses.replace(config, max_drop=budget)
+    timing = "" if config.objective != "throughput" else f", {bench.timed_at()}"
+    store = Store.for_search(
+        bench.baseline, (bench.data.calibration, bench.data.evaluation), bench.metric.name + timing
+    )
     result = SearchResult(
         str(label), config, figures, bench.metric.name, bench.data.origin, [], Choice(None, (), ())
     )
@@ -156,9 +191,13 @@ def optimize(
     best_so_far = write.BestSoFar(out_path, result)
     facts = space.Facts.of(bench.baseline, has_data=True, trainable=_trainable(source, config))
     queue = space.candidates(facts, training.prefixes(bench.baseline) if facts.trainable else ())
-    for family in dict.fromkeys(c.family for c in queue):  # in order, cheap families first
+    families = list(dict.fromkeys(c.family for c in queue))  # in order, cheap families first
+    for family in families:
         batch = [c for c in queue if c.family == family]
         run_candidates(batch, bench, store, clock, result, best_so_far, tell)
+    # Fallbacks last: every route, training included, is tried once before these rescues of
+    # INT8 recipes that missed (each one's sensitivity scan costs minutes on a transformer).
+    for family in families:
         for depths in fallback_queue(result, family):  # per root, shallowest first
             for deeper in depths:
                 run_candidates([deeper], bench, store, clock, result, best_so_far, tell)
@@ -174,6 +213,11 @@ def optimize(
         chosen_model = store.model(result.chosen)  # read once: threads and the artifact
         tell(f"choosing thread settings for {result.chosen.text}")
         result.threads = tune_threads(bench, chosen_model)
+        tell("timing the chosen model at batch 1 and at the throughput shape")
+        ran = result.threads.against_baseline or result.chosen.full
+        threads = result.threads.intra_op_threads
+        result.objectives = both_objectives(bench, chosen_model, ran, threads)
+        result.timed_at = {o: bench.timed_at(o) for o in result.objectives}
     result.wall_s = clock.elapsed()
     if out_path is not None:
         result.out = write.final(out_path, result, store, chosen_model)
@@ -186,26 +230,36 @@ def prepare(
     config: SearchConfig,
     clock: Clock,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    tell: Progress = lambda _: None,
 ) -> tuple[Bench, BaselineFigures]:
     """Load and measure the baseline; refuse a time budget it alone exhausts."""
+    tell(f"loading {source if isinstance(source, str) else type(source).__name__} ...")
     baseline = load(source, shapes=shapes)
     chosen = resolve_data(baseline, data)
     metric = Metric.resolve(config.metric, chosen.evaluation, baseline, chosen.metric)
-    started = time.perf_counter()
+    per_sample_s = batch1_seconds(baseline, chosen.evaluation)
+    tell(
+        f"baseline: {1e3 * per_sample_s:.1f} ms/sample at batch 1; reference outputs on "
+        f"{len(chosen.evaluation)} held-out samples, alone and in batches ({clock.elapsed():.0f} s)"
+    )
     reference = run_outputs(baseline, chosen.evaluation)
-    per_sample_s = (time.perf_counter() - started) / len(chosen.evaluation)
     judge = metric.judge(chosen.evaluation, reference, config.channel_axes)
     context = PassContext.for_model(baseline, chosen.calibration)
     score = metric.baseline_score(reference, chosen.evaluation)
-    limit = proxy_limit(config.max_drop, score)
+    limit = proxy_limit(resolve_budget(config.max_drop, metric.name, config.budget_rule), score)
     bench = Bench(
         source, baseline, chosen, metric, reference, judge, context, config.objective,
-        per_sample_s, limit,
+        per_sample_s, limit, config.throughput,
     )  # fmt: skip
+    if config.objective == "throughput":  # estimates count feeds: here, parts of a batch
+        bench = dataclasses.replace(bench, per_sample_s=feed_seconds(bench, "throughput"))
     memory = memory_bytes(baseline, bench) if config.objective == "memory" else None
     noise = noise_floor(judge, reference)
     figures = BaselineFigures(baseline.size_bytes, score, memory, round(clock.elapsed(), 2), noise)
-    clock.reserve_s = MIN_RESERVE_S + (config.shortlist + 1) * confirm_cost(per_sample_s)
+    # Held back: the first confirmation and the thread choice; later confirmations are made
+    # only while time is left (confirm_shortlist), so a short budget still tries candidates.
+    clock.reserve_s = MIN_RESERVE_S + 2 * confirm_cost(bench.per_sample_s)
+    clock.reserve_s += both_objectives_cost(bench)
     if clock.elapsed() >= config.time_budget_s:
         raise InputError(
             f"--time-budget {config.time_budget_s:g} s is too small: loading and measuring the "
@@ -237,7 +291,8 @@ def run_candidates(
             result.skipped.append(f"{candidate.text} (its family is far over budget)")
             continue
         stored = None if result.config.fresh else store.get(candidate.recipe.to_json())
-        if stored is None and not clock.can_afford(_estimate(result.outcomes, candidate)):
+        train_s = _training_seconds(clock, result.outcomes, candidate)
+        if stored is None and not _affordable(clock, result.outcomes, candidate, train_s):
             result.skipped.append(f"{candidate.text} (time)")
             continue
         tell(f"candidate {index} of {len(pending)}: {candidate.text} · {best_so_far.summary()}")
@@ -247,11 +302,13 @@ def run_candidates(
             if not outcome.failed:
                 best_so_far.offer(outcome, partial(store.model, outcome))
         else:
-            outcome, model = screen(candidate, bench)
+            outcome, model = screen(candidate, bench, train_s)
             store.put(outcome, model)
             if model is not None:
                 best_so_far.offer(outcome, partial(_same, model))
         result.outcomes.append(outcome)
+        row = scored([outcome], result.config, result.baseline)[0]
+        tell(finished_line(outcome, row, within_budget(result, outcome), bench.timed_at()))
         rejected_in_a_row = rejected_in_a_row + 1 if outcome.rejected else 0
 
 
@@ -266,7 +323,7 @@ def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candida
         for o, s in zip(result.outcomes, result.scored(), strict=True)
         if o.family == family
         and "fallback" not in o.text
-        and (o.failed is not None or not result.config.max_drop.admits(s, result.baseline.score))
+        and (o.failed is not None or not result.config.budget.admits(s, result.baseline.score))
     ]
     missed.sort(key=lambda pair: pair[0])
     return [
@@ -277,9 +334,7 @@ def fallback_queue(result: SearchResult, family: str) -> list[list[space.Candida
 
 def within_budget(result: SearchResult, outcome: Outcome) -> bool:
     row = scored([outcome], result.config, result.baseline)[0]
-    return outcome.fidelity is not None and result.config.max_drop.admits(
-        row, result.baseline.score
-    )
+    return outcome.fidelity is not None and result.config.budget.admits(row, result.baseline.score)
 
 
 def confirm_shortlist(
@@ -287,7 +342,7 @@ def confirm_shortlist(
 ) -> None:
     """The full interleaved comparison for the best few within budget (by the probe); the
     first always, the others while the time budget lasts."""
-    shortlist = choose(result.scored(), result.config.max_drop, result.baseline.score).feasible
+    shortlist = choose(result.scored(), result.config.budget, result.baseline.score).feasible
     shortlist = shortlist[: result.config.shortlist]
     cost = confirm_cost(bench.per_sample_s)
     for rank, scored_one in enumerate(shortlist, 1):
@@ -299,6 +354,8 @@ def confirm_shortlist(
         tell(f"confirming {rank} of {len(shortlist)}: {outcome.text}")
         confirmed = confirm(outcome, store.model(outcome), bench)
         result.outcomes[index] = dataclasses.replace(confirmed, cached=outcome.cached)
+        if confirmed.full is not None:
+            tell(f"confirmed {outcome.text}: {confirmed.full.speedup:.2f}x at {bench.timed_at()}")
 
 
 def confirm_cost(per_sample_s: float) -> float:
@@ -312,7 +369,7 @@ def final_choice(result: SearchResult) -> Choice:
     only over the original (see select.choose_against_original)."""
     rows = result.scored()
     confirmed = [s for s, o in zip(rows, result.outcomes, strict=True) if o.full is not None]
-    budget, score = result.config.max_drop, result.baseline.score
+    budget, score = result.config.budget, result.baseline.score
     if choose(confirmed, budget, score).best is None:  # none within budget: the closest
         return choose(rows, budget, score)
     return choose_against_original(confirmed, budget, score)
@@ -323,7 +380,7 @@ def scored(outcomes: list[Outcome], config: SearchConfig, base: BaselineFigures)
     count as infinitely bad; screened-out ones carry the drop on the proxy sample. A drop is
     the worst of the metric's and every channel's (search.fidelity), with its upper bound."""
     rows = []
-    relative = config.max_drop.relative
+    relative = config.budget.relative
     for o in outcomes:
         if o.fidelity is None:  # failed: never within budget, last among the closest
             rows.append(Scored(o.text, float("inf"), 0.0, 1.0))
@@ -366,6 +423,35 @@ def _estimate(outcomes: list[Outcome], candidate: space.Candidate) -> float:
     pool = same or [o.seconds for o in built]
     mean = sum(pool) / len(pool) if pool else 0.0
     return mean * FALLBACK_FACTOR if fallback else mean
+
+
+def _training_seconds(
+    clock: Clock, outcomes: list[Outcome], candidate: space.Candidate
+) -> float | None:
+    """The seconds a candidate's PyTorch steps may train: what the budget has left after the
+    reserve, the export and the measurement (None: it has no PyTorch steps)."""
+    if not candidate.recipe.torch_steps:
+        return None
+    built = [o.seconds for o in outcomes if not o.cached and not _torch_steps(o)]
+    measuring = sum(built) / len(built) if built else TRAINING_PRIOR_S
+    return clock.left() - clock.reserve_s - EXPORT_S - measuring
+
+
+def _affordable(
+    clock: Clock, outcomes: list[Outcome], candidate: space.Candidate, train_s: float | None
+) -> bool:
+    """Whether to start the candidate: a training one when its PyTorch steps already ran in
+    this search (their model is cached) or MIN_TRAINING_S of training fits; others when their
+    estimate fits."""
+    steps = candidate.recipe.torch_steps
+    trained = any(_torch_steps(o) == steps and o.failed is None for o in outcomes)
+    if train_s is not None and not trained:
+        return train_s >= MIN_TRAINING_S
+    return clock.can_afford(_estimate(outcomes, candidate))
+
+
+def _torch_steps(outcome: Outcome) -> tuple[Any, ...]:
+    return tuple(Recipe.from_json(outcome.recipe).torch_steps)
 
 
 def _is_fallback(text: str) -> bool:

@@ -20,7 +20,9 @@ from inferopt.model import Model
 from inferopt.runtime import SessionConfig
 from inferopt.search.fidelity import Fidelity, Judge, Outputs, run_outputs
 
-MetricName = Literal["top1", "embedding", "agreement"]
+# "retrieval": mean nDCG@10 of every text as a query against the others (embeddings);
+# "embedding": nearest-neighbour (top-1) agreement; "agreement": mean cosine / argmax agreement.
+MetricName = Literal["top1", "retrieval", "embedding", "agreement"]
 MIN_ROUND_S = 0.05  # a latency round repeats its feeds at least this long: shorter is timer noise
 
 
@@ -53,16 +55,16 @@ class Evaluation:
 
 
 def metric_for(data: Dataset, model: Model, declared: MetricName | None = None) -> MetricName:
-    """The zoo's declared metric; else top-1 when there are labels; else embedding agreement
-    for rank-2 float outputs; else plain agreement."""
+    """The zoo's declared metric; else top-1 when there are labels; else retrieval (mean
+    nDCG@10 against the baseline's neighbours) for rank-2 float outputs, embeddings; else plain
+    agreement."""
     if declared is not None:
         return declared
     if data.labels is not None:
         return "top1"
     output = (model.io.tensor_outputs or model.io.outputs)[0]
-    return (
-        "embedding" if len(output.shape) == 2 and output.dtype.startswith("float") else "agreement"
-    )
+    embedding = len(output.shape) == 2 and output.dtype.startswith("float")
+    return "retrieval" if embedding else "agreement"
 
 
 def compare_latency(

@@ -5,11 +5,14 @@ compared with it under two conditions: run alone, and run in batches (several ro
 the longest where lengths differ), split back into rows. A quantized attention that loses its
 mask passes alone and fails batched; batch-1 fidelity alone cannot see it.
 
-Under each condition two things are measured: the metric (top-1, nearest-neighbour agreement,
-mean cosine, or the user's function) and every output's every channel and decision
-(`measure.channels`: each channel on its own scale, NaN/Inf never agreeing). The drop the budget
-counts is the worst of them. Each figure's interval is a percentile bootstrap over the held-out
-samples; the baseline itself, run batched, gives the metric's noise floor.
+Under each condition two things are measured: the metric (top-1, retrieval nDCG@10,
+nearest-neighbour agreement, mean cosine, or the user's function) and every output's every
+channel and decision (`measure.channels`: each channel on its own scale, NaN/Inf never
+agreeing). The drop the budget counts is the worst of them. Each figure's interval is a
+percentile bootstrap over the held-out samples; the baseline itself, run batched, gives the
+metric's noise floor. For embeddings (the "retrieval" and "embedding" metrics) every
+condition also carries the other retrieval figures beside the budgeted one
+(`Condition.figures`): nDCG@10, recall@10, Spearman, nearest-neighbour agreement, cosine.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import numpy as np
 from inferopt.data import Dataset, batch_first, batched_rows
 from inferopt.iospec import IOSpec
 from inferopt.measure.channels import channel_axis, compare_outputs
+from inferopt.measure.fidelity import RETRIEVAL_K, retrieval_scores
 from inferopt.measure.interval import Interval, bootstrap, resample_indices
 
 BATCH = 8  # rows per batch in the batched condition
 USER_RESAMPLES = 200  # a user's metric function is called once per resample: fewer of them
+EMBEDDING_METRICS = ("retrieval", "embedding")  # whose conditions carry the retrieval figures
+NDCG, RECALL = f"ndcg@{RETRIEVAL_K}", f"recall@{RETRIEVAL_K}"
 Rows = list[dict[str, np.ndarray]]
 
 
@@ -81,6 +87,9 @@ class Condition:
     channel_drop: float  # the worst channel or decision, in [0, 1]
     channel_interval: tuple[float, float]
     worst: str  # measure.channels' one-line description of the worst channel
+    # Embeddings: the figures beside the budgeted one, each a mean over the held-out samples:
+    # "ndcg@10", "recall@10", "spearman", "nn_agreement" (top-1 neighbour), "cosine".
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,11 @@ class Fidelity:
     baseline_task_score: float | None = None
     conditions: tuple[Condition, ...] = ()
     samples: int = 0
+
+    @property
+    def figures(self) -> dict[str, float]:
+        """The alone condition's retrieval figures (embeddings only; else empty)."""
+        return next((c.figures for c in self.conditions if c.name == "alone"), {})
 
     @property
     def metric_drop(self) -> float:
@@ -173,7 +187,7 @@ UserFunction = Callable[[np.ndarray, np.ndarray | None], float]
 class Judge:
     """The metric and channel settings one search or recipe compares every candidate with."""
 
-    metric: str  # "top1" | "embedding" | "agreement" | a user's module:function
+    metric: str  # "top1" | "retrieval" | "embedding" | "agreement" | a user's module:function
     builtin: str  # the built-in metric computed beside a user's
     labels: np.ndarray | None = None
     user: UserFunction | None = None
@@ -185,10 +199,10 @@ class Judge:
         ref = first_matrix(reference.alone, first)
         got = first_matrix(candidate.alone, first)
         cosine = _cosine_rows(ref, got).mean() if ref is not None and got is not None else 1.0
-        conditions = [self.condition("alone", candidate.alone, reference.alone, seed)]
+        alone_condition, alone = self._condition("alone", candidate.alone, reference.alone, seed)
+        conditions = [alone_condition]
         if candidate.batched is not None:
             conditions.append(self.condition("batched", candidate.batched, reference.alone, seed))
-        alone = self.metric_rows(candidate.alone, reference.alone, seed)
         return Fidelity(
             self.metric,
             float(cosine),
@@ -200,21 +214,47 @@ class Judge:
         )
 
     def condition(self, name: str, got: Rows, ref: Rows, seed: int) -> Condition:
-        metric = self.metric_rows(got, ref, seed)
+        """The candidate's rows `got` against the baseline's `ref` (its batch-1 answers)."""
+        return self._condition(name, got, ref, seed)[0]
+
+    def _condition(
+        self, name: str, got: Rows, ref: Rows, seed: int
+    ) -> tuple[Condition, MetricRows]:
+        scores = self._retrieval(got, ref)
+        metric = self.metric_rows(got, ref, seed, scores)
         channels = compare_outputs(
             ref, got, channel_axes=self.channel_axes, decisions=self.decisions, seed=seed
         )
         interval = channels.drop_interval
-        return Condition(
+        condition = Condition(
             name,
             metric.drop,
             metric.interval,
             channels.drop,
             (interval.low, interval.high),
             channels.describe(),
+            {} if scores is None else _embedding_figures(got, ref, scores),
         )
+        return condition, metric
 
-    def metric_rows(self, got_rows: Rows, ref_rows: Rows, seed: int) -> MetricRows:
+    def _retrieval(self, got_rows: Rows, ref_rows: Rows) -> dict[str, np.ndarray] | None:
+        """Per-query retrieval scores of the first output, for the embedding metrics when it
+        is one row of a fixed size per sample and there are >= 2 samples; else None."""
+        if self.user is not None or self.builtin not in EMBEDDING_METRICS or len(ref_rows) < 2:
+            return None
+        first = next(iter(ref_rows[0]))
+        ref, got = first_matrix(ref_rows, first), first_matrix(got_rows, first)
+        return None if ref is None or got is None else retrieval_scores(ref, got, RETRIEVAL_K)
+
+    def metric_rows(
+        self,
+        got_rows: Rows,
+        ref_rows: Rows,
+        seed: int,
+        scores: dict[str, np.ndarray] | None = None,
+    ) -> MetricRows:
+        """The metric per sample, its drop and interval. `scores`: the retrieval scores of
+        these rows when already computed (`_retrieval`)."""
         first = next(iter(ref_rows[0]))
         ref, got = first_matrix(ref_rows, first), first_matrix(got_rows, first)
         if ref is None or got is None:  # outputs of differing sizes: per-sample cosine
@@ -225,6 +265,9 @@ class Judge:
             return self._user_rows(got, ref, seed)
         if self.builtin == "top1":
             return self._top1_rows(got, ref, seed)
+        if self.builtin == "retrieval" and len(ref) >= 2:
+            ndcg = (scores or retrieval_scores(ref, got, RETRIEVAL_K))[NDCG]
+            return _mean_drop(ndcg, seed)  # the baseline's nDCG is 1: the drop is 1 - mean
         if self.builtin == "embedding" and len(ref) >= 2:
             same = _neighbours(ref) == _neighbours(got)
             return _mean_drop(same.astype(np.float64), seed)
@@ -264,6 +307,19 @@ def _mean_drop(agree: np.ndarray, seed: int) -> MetricRows:
     interval: Interval = bootstrap(np.mean, agree, seed=seed)
     mean = float(agree.mean())
     return MetricRows(mean, 1.0 - mean, (1.0 - interval.high, 1.0 - interval.low))
+
+
+def _embedding_figures(
+    got_rows: Rows, ref_rows: Rows, scores: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """The retrieval figures beside the budgeted one, each a mean over the samples."""
+    first = next(iter(ref_rows[0]))
+    ref, got = first_matrix(ref_rows, first), first_matrix(got_rows, first)
+    assert ref is not None and got is not None  # scores exist only for matrices
+    figures = {name: float(values.mean()) for name, values in scores.items()}
+    figures["nn_agreement"] = float(np.mean(_neighbours(ref) == _neighbours(got)))
+    figures["cosine"] = float(_cosine_rows(ref, got).mean())
+    return figures
 
 
 def _cosine_rows(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
@@ -362,7 +418,17 @@ def condition_lines(f: Fidelity) -> list[str]:
     for c in f.conditions:
         where = "alone (batch 1)" if c.name == "alone" else f"in batches of {BATCH}"
         lo, hi = c.metric_interval
+        figures = f"; {describe_figures(c.figures)}" if c.figures else ""
         lines.append(
-            f"{where}: {f.metric} drop {c.metric_drop:.4f} [{lo:.4f}, {hi:.4f}]; {c.worst}"
+            f"{where}: {f.metric} drop {c.metric_drop:.4f} [{lo:.4f}, {hi:.4f}]{figures}; {c.worst}"
         )
     return lines
+
+
+FIGURE_NAMES = {NDCG: "nDCG@10", RECALL: "recall@10", "spearman": "Spearman",
+                "nn_agreement": "top-1 neighbour agreement", "cosine": "mean cosine"}  # fmt: skip
+
+
+def describe_figures(figures: dict[str, float]) -> str:
+    """`Condition.figures` in words, e.g. "nDCG@10 0.9981, recall@10 0.9910, ..."."""
+    return ", ".join(f"{FIGURE_NAMES.get(k, k)} {v:.4f}" for k, v in figures.items())

@@ -1,11 +1,15 @@
-"""The metric the accuracy budget is counted in: a built-in one (`top1` on labels, `embedding`
-nearest-neighbour agreement, plain output `agreement`) or the user's own function, named
+"""The metric the accuracy budget is counted in: a built-in one (`top1` on labels, `retrieval`
+mean nDCG@10 for embeddings, `embedding` nearest-neighbour agreement, plain output
+`agreement`) or the user's own function, named
 `module:function`, called as `function(outputs, labels) -> float` (higher is better; `labels`
 is None when the data has none; `outputs` is the first output, one row per sample). Beside it,
 every output's channels are always compared (search.fidelity).
 
 A user's function is called on the baseline's outputs before anything else runs, so one that
-raises or returns something other than a number stops the search at once with its name."""
+raises or returns something other than a number stops the search at once with its name.
+
+Each metric states its default budget (DEFAULT_BUDGETS), taken when --max-drop is not given:
+1% of mean nDCG@10 for `retrieval` (nDCG@10 >= 0.99 of the baseline's 1), 0.5% for the rest."""
 
 from __future__ import annotations
 
@@ -22,9 +26,21 @@ from inferopt.data import Dataset
 from inferopt.errors import InputError, first_line
 from inferopt.measure import fidelity
 from inferopt.measure.fidelity import propose_decisions
+from inferopt.measure.interval import samples_needed
 from inferopt.model import Model
 from inferopt.search.evaluate import MetricName, metric_for
-from inferopt.search.fidelity import Judge, Outputs, first_matrix
+from inferopt.search.fidelity import Fidelity, Judge, Outputs, first_matrix
+from inferopt.search.select import Budget, Rule
+
+# The budget when the user gives none, by metric: relative to the baseline's score.
+DEFAULT_BUDGETS: dict[str, Budget] = {"retrieval": Budget(0.01, relative=True)}
+OTHER_BUDGET = Budget(0.005, relative=True)  # every metric not in DEFAULT_BUDGETS
+UNITS = {
+    "retrieval": "mean nDCG@10",
+    "embedding": "top-1 neighbour agreement",
+    "top1": "top-1 accuracy",
+    "agreement": "agreement with the baseline",
+}
 
 UserMetric = Callable[[np.ndarray, np.ndarray | None], Any]
 
@@ -129,3 +145,78 @@ def _import(spec: str) -> UserMetric:
     if not callable(function):
         raise InputError(f"--metric {spec!r}: {module_name} has no function {attribute!r}")
     return function  # type: ignore[no-any-return]
+
+
+def resolve_budget(given: Budget | None, metric: str, rule: Rule = "upper") -> Budget:
+    """`given` (--max-drop) when there is one; else `metric`'s default (DEFAULT_BUDGETS, else
+    OTHER_BUDGET) under `rule`, marked as that metric's default."""
+    if given is not None:
+        return given
+    default = DEFAULT_BUDGETS.get(metric, OTHER_BUDGET)
+    return Budget(default.value, default.relative, rule, default_for=metric)
+
+
+def budget_text(budget: Budget, metric: str) -> str:
+    """The budget and where it came from, e.g. "1% of mean nDCG@10 (default for retrieval)"
+    or "0.005 of top-1 accuracy (given)"."""
+    unit = UNITS.get(metric, metric)
+    amount = f"{budget.value:.4g}" if not budget.relative else f"{100 * budget.value:.4g}%"
+    origin = f"default for {budget.default_for}" if budget.default_for else "given"
+    return f"{amount} of {unit} ({origin})"
+
+
+def budget_warnings(
+    budget: Budget,
+    metric: str,
+    baseline_score: float,
+    samples: int,
+    measured: list[tuple[str, Fidelity]],
+) -> list[str]:
+    """Lines that say when the budget cannot be trusted on this data. `measured`: (name,
+    fidelity) pairs on the whole held-out set, the noise floor first when there is one. Warns
+    when the noise floor's metric drop reaches past the budget at the upper end of its 95%
+    interval, and when a metric interval's half-width is over half the budget (the data can
+    then not tell a drop of half the budget from none)."""
+    limit = budget.value * baseline_score if budget.relative else budget.value
+    unit, lines = UNITS.get(metric, metric), []
+    noise = next((f for name, f in measured if name == NOISE), None)
+    if noise is not None and noise.conditions:
+        high = max(c.metric_interval[1] for c in noise.conditions)
+        if high > limit + 1e-12:
+            lines.append(
+                f"the budget ({budget_text(budget, metric)}, a drop of {limit:.4g}) is below the "
+                f"metric's noise floor (95% upper bound {high:.4g}): damage and noise look alike"
+            )
+    spans = [
+        ((c.metric_interval[1] - c.metric_interval[0]) / 2, name, c.name)
+        for name, f in measured
+        for c in f.conditions
+    ]
+    if spans and limit > 0:
+        half, name, where = max(spans)
+        if half > limit / 2:
+            needed = samples_needed(max(samples, 1), half, limit / 2)
+            lines.append(
+                f"the 95% interval of {unit} on {samples} held-out samples is +-{half:.4g} "
+                f"for {name} ({where}), over half the budget ({limit:.4g}): about {needed} "
+                "samples would resolve it"
+            )
+    return lines
+
+
+NOISE = "the noise floor"  # the name budget_warnings expects for the baseline batched
+
+
+def noise_line(noise: Fidelity, metric: str) -> str:
+    """The noise floor in words: the metric's drop for the baseline batched against itself
+    alone, with its 95% interval and half-width."""
+    unit = UNITS.get(metric, metric)
+    worst = max(noise.conditions, key=lambda c: c.metric_interval[1], default=None)
+    if worst is None:
+        return f"noise floor: {unit} not measured"
+    lo, hi = worst.metric_interval
+    return (
+        f"noise floor (the baseline in batches against itself alone): {unit} drop "
+        f"{worst.metric_drop:.4f} [{lo:.4f}, {hi:.4f}] (95% interval, half-width "
+        f"{(hi - lo) / 2:.4f})"
+    )

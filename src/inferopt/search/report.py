@@ -13,11 +13,16 @@ from matplotlib.figure import Figure
 from inferopt.measure.interval import samples_needed
 from inferopt.report.html import figure_png
 from inferopt.search.fidelity import describe_checks
+from inferopt.search.metric import NOISE, budget_text, budget_warnings, noise_line
 from inferopt.search.select import ORIGINAL, Scored, pareto
 
 if TYPE_CHECKING:
     from inferopt.search.auto import SearchResult
 
+THROUGHPUT_INPUTS = (
+    "consecutive held-out samples, each cut or padded to the stated tokens with the model's "
+    "own padding (attention mask 0), as bulk embedding with padding='max_length' feeds it"
+)
 GAIN_LABEL = {
     "latency": "speed-up at batch 1 (x)",
     "throughput": "throughput ratio (x)",
@@ -31,7 +36,7 @@ def record(result: SearchResult) -> dict[str, Any]:
     timed = timed_rows(result)
     speed_front = {s.name for s in pareto(timed)}
     size_front = {s.name for s in pareto(timed, lambda s: 1 / s.size_ratio)}
-    budget = result.config.max_drop
+    budget = result.config.budget
     candidates = []
     for outcome, row in zip(result.outcomes, rows, strict=True):
         measured = outcome.fidelity is not None
@@ -53,7 +58,7 @@ def record(result: SearchResult) -> dict[str, Any]:
         "metric": result.metric,
         "data": result.data_origin,
         "objective": result.config.objective,
-        "max_drop": {"value": budget.value, "relative": budget.relative, "rule": budget.rule},
+        "max_drop": {**dataclasses.asdict(budget), "text": budget_text(budget, result.metric)},
         "budget_rule": budget.rule_text(),
         "checks": result.checks,
         "fidelity_notes": honesty(result),
@@ -63,9 +68,35 @@ def record(result: SearchResult) -> dict[str, Any]:
         "chosen": chosen.text if chosen else (ORIGINAL if result.kept_original else None),
         "closest": [s.name for s in result.choice.closest],
         "threads": dataclasses.asdict(result.threads) if result.threads else None,
+        "objectives": objectives_json(result),
         "skipped_for_time": result.skipped,
         "candidates": candidates,
     }
+
+
+def objectives_json(result: SearchResult) -> dict[str, Any]:
+    """The chosen model against the baseline on batch-1 latency and on throughput at the
+    stated shape, whichever was searched for: each interleaved comparison (ms per feed: per
+    sample at batch 1, per batch for throughput) with the inputs it was timed on."""
+    found = {}
+    for name, timed in result.objectives.items():
+        entry = {**dataclasses.asdict(timed), "timed_at": result.timed_at.get(name)}
+        if name == "throughput":
+            size = result.config.throughput.batch
+            entry["baseline_samples_per_s"] = round(size * 1e3 / timed.baseline_ms, 1)
+            entry["candidate_samples_per_s"] = round(size * 1e3 / timed.candidate_ms, 1)
+            if "tokens" in str(entry["timed_at"]):  # a sequence model: its stated length
+                entry["inputs"] = THROUGHPUT_INPUTS
+        found[name] = entry
+    return found
+
+
+def speed_summary(result: SearchResult) -> str:
+    """One line: the chosen model's speed-up on each objective, e.g. for the report's top."""
+    return "; ".join(
+        f"{timed.speedup:.2f}x at {result.timed_at.get(name, name)}"
+        for name, timed in result.objectives.items()
+    )
 
 
 def baseline_json(result: SearchResult) -> dict[str, Any]:
@@ -78,29 +109,27 @@ def baseline_json(result: SearchResult) -> dict[str, Any]:
 def honesty(result: SearchResult) -> list[str]:
     """What the figures above rest on, in lines: the budget rule, what was checked, the
     metric's noise floor, and whether the data can resolve the budget at all."""
-    budget = result.config.max_drop
-    lines = [f"budget rule: {budget.rule_text()}"]
+    budget = result.config.budget
+    lines = [f"budget: max drop {budget_text(budget, result.metric)}; {budget.rule_text()}"]
     if result.checks:
         lines.append(f"checked on: {describe_checks(result.checks)}")
     noise = result.baseline.noise
     if noise is not None:
-        lines.append(
-            f"noise floor (the baseline in batches against itself alone): drop "
-            f"{noise.drop:.4f}, up to {noise.drop_high:.4f} at 95%"
-        )
-        if budget.allows(noise.drop_high, result.baseline.score):
-            pass
-        else:
-            lines.append(
-                "the budget is below the metric's noise floor: damage and noise look alike"
-            )
+        lines.append(noise_line(noise, result.metric))
+    samples = result.checks.get("samples", 0) if result.checks else 0
+    measured = [(NOISE, noise)] if noise is not None else []
+    measured += [
+        (o.text, o.fidelity) for o in result.outcomes
+        if o.fidelity is not None and not o.rejected and o.fidelity.samples == samples
+    ]  # fmt: skip
+    lines += budget_warnings(budget, result.metric, result.baseline.score, samples, measured)
     lines += _resolution(result)
     return lines
 
 
 def _resolution(result: SearchResult) -> list[str]:
     """Candidates whose interval straddles the budget: the data cannot settle them."""
-    budget = result.config.max_drop
+    budget = result.config.budget
     limit = _absolute_budget(result)
     if limit <= 0:
         return []
@@ -112,12 +141,19 @@ def _resolution(result: SearchResult) -> list[str]:
         return []
     samples = result.checks.get("samples", 0) if result.checks else 0
     widest = max(r.drop_high - r.drop for r in rows)
-    needed = samples_needed(samples, widest, max(limit - min(r.drop for r in rows), 1e-9))
+    margin = limit - min(r.drop for r in rows)
     names = ", ".join(r.name for r in rows)
     rule = "counted over budget" if budget.rule == "upper" else "counted within budget"
+    # A drop that sits on the budget (margin a hundredth of the interval or less) is not
+    # settled by any affordable number of samples: the estimate would be astronomical.
+    settle = (
+        f"about {samples_needed(samples, widest, margin)} samples would settle them"
+        if margin > widest / 100
+        else "a drop this close to the budget is not settled by more samples"
+    )
     return [
         f"the budget is finer than {samples} held-out samples can resolve for {names} "
-        f"(intervals straddle it; {rule}); about {needed} samples would settle them"
+        f"(intervals straddle it; {rule}); {settle}"
     ]
 
 
@@ -136,11 +172,13 @@ def markdown(result: SearchResult) -> str:
         )
     elif chosen is None:
         lines.append(
-            f"No candidate is within the budget (max drop {result.config.max_drop.text()} "
+            f"No candidate is within the budget (max drop {result.config.budget.text()} "
             f"in {result.metric}); the closest are in closest/."
         )
     else:
-        lines.append(f"Chosen: `{chosen.text}`.")
+        speeds = speed_summary(result)
+        against = f": {speeds} against the original." if speeds else "."
+        lines.append(f"Chosen: `{chosen.text}`{against}")
     lines += [""] + [f"- {line}" for line in honesty(result)]
     lines += [
         "",
@@ -165,8 +203,10 @@ def render_html(result: SearchResult) -> str:
     speed = plot_pareto(measured, lambda s: s.gain, gain_label, result)
     size = plot_pareto(measured, lambda s: 1 / s.size_ratio, "size reduction (x)", result)
     title = html.escape(f"inferopt optimize: {result.source}")
+    speeds = speed_summary(result)
     verdict = (
         f"chosen <code>{html.escape(result.chosen.text)}</code>"
+        + (f": {html.escape(speeds)} against the original (interleaved)" if speeds else "")
         if result.chosen
         else "the original, unchanged: no candidate within the budget is faster"
         if result.kept_original
@@ -178,7 +218,7 @@ def render_html(result: SearchResult) -> str:
         table=_table(result),
         speed=figure_png(speed),
         size=figure_png(size),
-        budget=html.escape(f"{result.config.max_drop.text()} ({result.metric})"),
+        budget=html.escape(f"{result.config.budget.text()} ({result.metric})"),
         wall=f"{result.wall_s:.0f}",
         notes="".join(f"<li>{html.escape(line)}</li>" for line in honesty(result)),
     )
@@ -214,7 +254,7 @@ def plot_pareto(rows: list[Scored], better: Any, label: str, result: SearchResul
 
 
 def _absolute_budget(result: SearchResult) -> float:
-    budget = result.config.max_drop
+    budget = result.config.budget
     return budget.value * result.baseline.score if budget.relative else budget.value
 
 
@@ -222,7 +262,7 @@ def _table(result: SearchResult) -> str:
     head = ["recipe", "drop", "95% upper", "worst", "gain", "size ratio", "within budget",
             "confirmed", "seconds"]  # fmt: skip
     body = []
-    budget = result.config.max_drop
+    budget = result.config.budget
     for row, o in zip(result.scored(), result.outcomes, strict=True):
         if o.failed:
             cells = [o.text, f"failed: {o.failed}", "", "", "", "", "no", "", f"{o.seconds:.0f}"]

@@ -34,6 +34,7 @@ class Budget:
     value: float
     relative: bool
     rule: Rule = "upper"
+    default_for: str | None = None  # the metric whose default this is; None: the user's own
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.value) or self.value < 0:

@@ -5,7 +5,11 @@ module), so a plain ONNX file or artifact gets none of them.
 One prefix per model family, chosen for what makes it faster on a CPU: a transformer keeps
 half its layers (distillation from the full model; heads and FFN neurons pruned keep the
 same number of kernel launches and gain less per FLOP removed); a CNN or MLP loses half of
-its channels (structured pruning with fine-tuning against the unpruned model)."""
+its channels (structured pruning with fine-tuning against the unpruned model).
+
+A transformer student's training is capped at 15 minutes of wall clock (the pipeline's
+`TRANSFORMER_TRAINING.max_seconds`), so it fits a 30-minute search, and it is cached under
+`students/` by teacher, corpus and options: a second search, `--fresh` included, reuses it."""
 
 from __future__ import annotations
 

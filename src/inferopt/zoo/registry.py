@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from inferopt.data import Dataset
 
-Metric = Literal["top1", "embedding"]
+Metric = Literal["top1", "retrieval", "embedding"]
 
 
 @dataclass(frozen=True)
