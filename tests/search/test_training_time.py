@@ -46,9 +46,11 @@ def test_training_left_out_when_too_little_time_is_left_but_not_once_trained() -
     train_s = auto._training_seconds(short, done, DISTILL)
     assert train_s is not None and train_s < auto.MIN_TRAINING_S
     assert not auto._affordable(short, done, DISTILL, train_s)
-    # Once the student exists in this search, a combination with it costs a plain candidate.
-    trained = [*done, outcome("distill:layers=3,fuse", 400.0)]
+    # Once the student exists in this search, a combination with it costs a plain candidate,
+    # not the training's 900 s.
+    trained = [*done, outcome("distill:layers=3,fuse", 900.0)]
     assert auto._affordable(short, trained, DISTILL_INT8, train_s)
+    assert not auto._affordable(StoppedClock(15.0), trained, DISTILL_INT8, train_s)
     # ... unless that training failed.
     failed = [*done, outcome("distill:layers=3,fuse", 400.0, failed="no")]
     assert not auto._affordable(short, failed, DISTILL_INT8, train_s)

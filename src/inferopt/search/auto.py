@@ -432,22 +432,28 @@ def _training_seconds(
     reserve, the export and the measurement (None: it has no PyTorch steps)."""
     if not candidate.recipe.torch_steps:
         return None
+    return clock.left() - clock.reserve_s - EXPORT_S - _plain_cost(outcomes)
+
+
+def _plain_cost(outcomes: list[Outcome]) -> float:
+    """A candidate's seconds to build and measure without training: the mean of those built
+    so far (TRAINING_PRIOR_S before any)."""
     built = [o.seconds for o in outcomes if not o.cached and not _torch_steps(o)]
-    measuring = sum(built) / len(built) if built else TRAINING_PRIOR_S
-    return clock.left() - clock.reserve_s - EXPORT_S - measuring
+    return sum(built) / len(built) if built else TRAINING_PRIOR_S
 
 
 def _affordable(
     clock: Clock, outcomes: list[Outcome], candidate: space.Candidate, train_s: float | None
 ) -> bool:
-    """Whether to start the candidate: a training one when its PyTorch steps already ran in
-    this search (their model is cached) or MIN_TRAINING_S of training fits; others when their
-    estimate fits."""
+    """Whether to start the candidate: a training one when MIN_TRAINING_S of training fits,
+    or, once its PyTorch steps ran in this search (their model is cached), when a plain
+    candidate's cost fits; others when their estimate fits."""
+    if train_s is None:
+        return clock.can_afford(_estimate(outcomes, candidate))
     steps = candidate.recipe.torch_steps
-    trained = any(_torch_steps(o) == steps and o.failed is None for o in outcomes)
-    if train_s is not None and not trained:
-        return train_s >= MIN_TRAINING_S
-    return clock.can_afford(_estimate(outcomes, candidate))
+    if any(_torch_steps(o) == steps and o.failed is None for o in outcomes):
+        return clock.can_afford(_plain_cost(outcomes))
+    return train_s >= MIN_TRAINING_S
 
 
 def _torch_steps(outcome: Outcome) -> tuple[Any, ...]:
