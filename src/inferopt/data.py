@@ -188,6 +188,16 @@ class Dataset:
             full[LABELS_KEY] = self.labels
         np.savez(path, **full)  # type: ignore[arg-type]
 
+    def update_digest(self, digest: Any) -> None:
+        """Feed the samples' contents (names and bytes, in order) and the labels to `digest`
+        (a hashlib object): what every cache key built on this data hashes."""
+        for sample in self.samples:
+            for name in sorted(sample):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(sample[name]).tobytes())
+        if self.labels is not None:
+            digest.update(np.ascontiguousarray(self.labels).tobytes())
+
     def subset(self, indices: Sequence[int]) -> Dataset:
         labels = self.labels[list(indices)] if self.labels is not None else None
         return replace(self, samples=tuple(self.samples[i] for i in indices), labels=labels)

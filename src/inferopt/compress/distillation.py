@@ -108,19 +108,19 @@ def distill(
     return report
 
 
+def update_with_weights(digest: Any, module: nn.Module) -> None:
+    """Feed every parameter and buffer of `module` (names and bytes) to `digest`."""
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+
+
 def student_key(teacher: nn.Module, examples: Dataset, *options: Any, version: str = "1") -> str:
     """A cache key for a student: the teacher's weights, the training data's content, and
     every option given (configs, kept layers), as a 32-digit hex digest."""
     digest = hashlib.sha256(version.encode())
-    for name, tensor in teacher.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for sample in examples.samples:
-        for name in sorted(sample):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(sample[name]).tobytes())
-    if examples.labels is not None:
-        digest.update(np.ascontiguousarray(examples.labels).tobytes())
+    update_with_weights(digest, teacher)
+    examples.update_digest(digest)
     plain = [dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o for o in options]  # type: ignore[arg-type]
     digest.update(json.dumps(plain, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]

@@ -31,6 +31,7 @@ from inferopt.compress.distillation import (
     layer_dropped,
     narrower,
     student_key,
+    update_with_weights,
 )
 from inferopt.compress.prune import prune_
 from inferopt.compress.sparsity import sparsify_
@@ -314,18 +315,11 @@ def _cache_path(
 
 def _state_digest(module: nn.Module) -> str:
     digest = hashlib.sha256(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    update_with_weights(digest, module)
     return digest.hexdigest()
 
 
 def _data_digest(examples: Dataset) -> str:
     digest = hashlib.sha256()
-    for sample in examples.samples:
-        for name in sorted(sample):
-            digest.update(name.encode())
-            digest.update(sample[name].tobytes())
-    if examples.labels is not None:
-        digest.update(examples.labels.tobytes())
+    examples.update_digest(digest)
     return digest.hexdigest()

@@ -18,8 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inferopt import cache, hardware
 from inferopt.artifact import ArtifactError
 from inferopt.data import Dataset
@@ -127,12 +125,7 @@ def search_key(baseline: Model, datasets: Sequence[Dataset], metric: str) -> str
     digest.update(baseline.proto.graph.SerializeToString(deterministic=True))
     for data in datasets:
         digest.update(f"dataset {len(data)}".encode())
-        for sample in data.samples:
-            for name in sorted(sample):
-                digest.update(name.encode())
-                digest.update(np.ascontiguousarray(sample[name]).tobytes())
-        if data.labels is not None:
-            digest.update(np.ascontiguousarray(data.labels).tobytes())
+        data.update_digest(digest)
     digest.update(metric.encode())
     digest.update(SCHEMA.encode())
     digest.update(hardware.probe().fingerprint().encode())
