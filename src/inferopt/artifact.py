@@ -51,7 +51,7 @@ def write_folder(out: Path, fill: Callable[[Path], None]) -> Path:
     try:
         staging.mkdir(parents=True)
         fill(staging)
-        _swap_into_place(staging, out)
+        swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -62,7 +62,8 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / MANIFEST).write_text(json.dumps(full, indent=2, default=jsonable) + "\n")
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Make the finished folder `staging` become `out`, replacing any old one whole."""
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)

@@ -178,12 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_export.add_argument("--no-latency", action="store_true")
     zoo_export.set_defaults(func=cmd_zoo_export)
 
-    from inferopt.commands import bench, optimize, profile, serve
+    from inferopt.commands import bench, deploy, optimize, profile, serve
 
     optimize.add_parser(sub)
     profile.add_parser(sub)
     serve.add_parser(sub)
     bench.add_parser(sub)
+    deploy.add_parser(sub)
 
     hw = sub.add_parser("hardware", help="what this machine offers for inference")
     hw.add_argument("--json", action="store_true", help="machine-readable output")

@@ -76,6 +76,11 @@ class Model:
         over 2 GiB, see inferopt.external); None when they are all in `proto`."""
         return external.data_dir(self.proto)
 
+    def __reduce__(self) -> tuple[type[Model], tuple[Any, ...]]:
+        """Pickled as its graph, IOSpec and provenance (for Ray tasks, subprocesses): the
+        cached ONNX Runtime sessions cannot be pickled, and are made again where it runs."""
+        return type(self), (self.proto, self.io, self.provenance)
+
     def with_io(self, io: IOSpec) -> Model:
         return replace(self, io=io)  # same graph, so its sessions stay valid and shared
 

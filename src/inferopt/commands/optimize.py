@@ -17,11 +17,14 @@ from rich.text import Text
 
 from inferopt import zoo
 from inferopt.commands import inputs
+from inferopt.errors import InputError
 from inferopt.passes.recipe import PASSES, RecipeError
+from inferopt.search.distributed import HARDWARE, RESOURCE
 from inferopt.search.select import OBJECTIVES, RULES
 
 if TYPE_CHECKING:
     from inferopt.recipes import RecipeResult
+    from inferopt.search.distributed import RayConfig
 
 console = Console()
 EXIT_NONE_WITHIN_BUDGET = 1  # the closest candidates are written; none is within budget
@@ -90,6 +93,18 @@ def add_parser(subparsers: Any) -> None:
     )
     search.add_argument("--no-training", action="store_true",
                         help="leave out pruning and distillation")  # fmt: skip
+    search.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="measure on a Ray cluster's nodes that declare the resource "
+        f"{RESOURCE} 1 (ray start --resources '{{\"{RESOURCE}\": 1}}'): auto, "
+        "ray://HOST:PORT or HOST:PORT; this process keeps the search, cache and artifact",
+    )  # fmt: skip
+    search.add_argument(
+        "--ray-hardware", choices=HARDWARE, default=None,
+        help="nodes whose hardware fingerprint differs from this machine's: refuse them "
+        "(default), or group the nodes by fingerprint and search once per group, writing "
+        "OUT/FINGERPRINT/",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -105,6 +120,8 @@ def _seconds(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     if args.recipe or args.recipe_from:
+        if args.ray:
+            raise InputError("--ray runs the search on a cluster; --recipe applies one recipe here")
         return run_recipe(args)
     return run_search(args)
 
@@ -156,27 +173,46 @@ def run_search(args: argparse.Namespace) -> int:
         training=not args.no_training,
         throughput=ThroughputShape.parse(args.throughput_shape),
     )
+    cluster = ray_config(args)
     model = args.model or zoo.DEFAULT
     out = args.out or default_out(model)
     log = ProgressLog(console)
+    options: dict[str, Any] = dict(data=args.data, config=config, progress=log)
     try:
         with log.live(f"optimizing {model}: loading it ..."):
-            result = optimize(
-                model,
-                out,
-                data=args.data,
-                config=config,
-                progress=log,
-                shapes=inputs.shapes(args),
-            )
+            if cluster is None:
+                results = [optimize(model, out, shapes=inputs.shapes(args), **options)]
+            else:  # one search, or one per kind of machine (OUT/FINGERPRINT/)
+                from inferopt.search.distributed import optimize_on_ray
+
+                searches = optimize_on_ray(
+                    model, out, cluster=cluster, shapes=inputs.shapes(args), **options
+                )
+                results = [search.result for search in searches]
     except KeyboardInterrupt:
         console.print(
             f"interrupted: {out} holds the best candidate so far (status in-progress), if "
             "any; the same command again resumes, reusing every finished candidate"
         )
         raise
-    view.show(result, console)
-    return 0 if result.chosen is not None or result.kept_original else EXIT_NONE_WITHIN_BUDGET
+    for result in results:
+        view.show(result, console)
+    done = all(r.chosen is not None or r.kept_original for r in results)
+    return 0 if done else EXIT_NONE_WITHIN_BUDGET
+
+
+def ray_config(args: argparse.Namespace) -> RayConfig | None:
+    """The cluster --ray names, or None. Raises InputError for --ray-hardware alone."""
+    if args.ray is None:
+        if args.ray_hardware is not None:
+            raise InputError("--ray-hardware applies to a search on a Ray cluster (--ray)")
+        return None
+    from inferopt.search.distributed import RayConfig
+
+    try:
+        return RayConfig(args.ray, args.ray_hardware or "refuse")
+    except ValueError as exc:
+        raise InputError(f"--ray {args.ray!r}: {exc}") from None
 
 
 class ProgressLog:

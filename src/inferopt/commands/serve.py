@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, get_args, get_type_hints
 from inferopt.errors import InferoptError
 from inferopt.serve.config import ModelConfig, ServerConfig
 from inferopt.serve.errors import ConfigError
+from inferopt.serve.rayconfig import RaySettings, repository_revision, serve_config
 
 TOKEN_ENV = "INFEROPT_MANAGEMENT_TOKEN"
 EXIT_USAGE = 2
@@ -64,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    _add_ray_arguments(parser)
     group = parser.add_argument_group("model settings (defaults for every model)")
     hints = get_type_hints(ModelConfig)
     for field in fields(ModelConfig):
@@ -79,6 +83,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{field.metadata['help']} (default: {field.default})",
         )
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    ray = RaySettings()
+    group = parser.add_argument_group("Ray Serve (replicas across machines; see docs/scaleout.md)")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="serve on Ray Serve: 'auto' (the cluster on this machine), HOST:PORT or "
+        "ray://HOST:PORT; alone, the cluster on this machine or a new local one",
+    )
+    group.add_argument(
+        "--ray-config",
+        action="store_true",
+        help="print the Ray Serve config (for `serve deploy` and KubeRay) and exit",
+    )
+    group.add_argument(
+        "--replicas", type=replicas_flag, default=ray.replicas, metavar="N|auto",
+        help=f"replicas, or 'auto' to autoscale (default: {ray.replicas})",
+    )  # fmt: skip
+    group.add_argument("--min-replicas", type=int, default=ray.min_replicas, help="with auto")
+    group.add_argument("--max-replicas", type=int, default=ray.max_replicas, help="with auto")
+    group.add_argument(
+        "--target-ongoing", type=float, default=ray.target_ongoing,
+        help="with auto: requests in flight per replica Ray scales to",
+    )  # fmt: skip
+    group.add_argument(
+        "--cpus-per-replica", type=float, default=ray.cpus_per_replica,
+        help="CPUs Ray reserves per replica (also its ONNX Runtime threads)",
+    )  # fmt: skip
+    group.add_argument(
+        "--detach", action="store_true",
+        help="with --ray: deploy (or roll out) and exit, leaving the application running",
+    )  # fmt: skip
+
+
+def replicas_flag(text: str) -> int | None:
+    """--replicas: a count, or 'auto' (None: autoscale)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or 'auto', got {text!r}") from None
+
+
+def ray_settings(args: argparse.Namespace) -> RaySettings:
+    try:
+        return RaySettings(
+            replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            target_ongoing=args.target_ongoing,
+            cpus_per_replica=args.cpus_per_replica,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _port(text: str) -> int:
@@ -119,6 +182,10 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray_config:
+        return _print_ray_config(args)
+    if args.ray is not None:
+        return _run_on_ray(args)
     try:  # imported late: `inferopt --help` stays fast, and works without the serve extra
         from inferopt.serve.server import Server
     except ImportError as exc:
@@ -128,6 +195,56 @@ def run(args: argparse.Namespace) -> int:
 
     _configure_logging(args.log_level)
     Server(args.repository, server_config(args), model_config(args), args.config).run()
+    return 0
+
+
+def _print_ray_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    root = Path(args.repository).resolve()  # the replicas' path: absolute, or on the cluster
+    config = serve_config(
+        str(root),
+        model_config(args),
+        server_config(args),
+        ray_settings(args),
+        str(args.config) if args.config else None,
+        repository_revision(root) if root.is_dir() else None,  # else: only on the cluster
+    )
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace) -> int:
+    try:
+        from inferopt.serve import rayserve
+    except ImportError as exc:
+        raise InferoptError(
+            f"inferopt serve --ray needs {exc.name or 'Ray'}: pip install 'inferopt[ray]'"
+        ) from exc
+
+    _configure_logging(args.log_level)
+    deployed = rayserve.deploy(
+        args.repository,
+        model_config(args),
+        server_config(args),
+        ray_settings(args),
+        address=args.ray or None,
+        config_file=args.config,
+    )
+    grpc = deployed.grpc_url or "off"
+    print(
+        f"inferopt serve: on Ray Serve, {deployed.replicas} replica(s): "
+        f"http={deployed.http_url} grpc={grpc}",
+        flush=True,
+    )
+    if args.detach:
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("inferopt serve: deleting the application (Ray drains its requests)", flush=True)
+    rayserve.undeploy()
     return 0
 
 

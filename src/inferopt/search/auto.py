@@ -25,6 +25,7 @@ from inferopt.passes.recipe import Recipe
 from inferopt.recipes import resolve_data
 from inferopt.search import space, training, write
 from inferopt.search.evaluate import MIN_ROUND_S, LatencyComparison
+from inferopt.search.executor import INLINE, Executor, Job, Lookahead
 from inferopt.search.fidelity import Fidelity, checks, noise_floor, run_outputs
 from inferopt.search.metric import Metric, resolve_budget
 from inferopt.search.screen import (
@@ -166,22 +167,24 @@ def optimize(
     config: SearchConfig = SearchConfig(),
     progress: Progress | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    executor: Executor = INLINE,
 ) -> SearchResult:
     """Search, choose, and (with `out`) write the artifact folder. The result says whether a
-    candidate met the budget (`result.chosen`); when none did, `out` holds the closest ones."""
+    candidate met the budget (`result.chosen`); when none did, `out` holds the closest ones.
+    `executor`: where every timed measurement runs (this process by default; a Ray cluster's
+    nodes with search.distributed.optimize_on_ray)."""
     tell = progress or (lambda _: None)
     clock = Clock(config.time_budget_s)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         artifact.check_destination(out_path)
     label = source if isinstance(source, str) else type(source).__name__
-    bench, figures = prepare(source, data, config, clock, shapes, tell)
+    bench, figures = prepare(source, data, config, clock, shapes, tell, executor)
     budget = resolve_budget(config.max_drop, bench.metric.name, config.budget_rule)
     config = dataclasses.replace(config, max_drop=budget)
     timing = "" if config.objective != "throughput" else f", {bench.timed_at()}"
-    store = Store.for_search(
-        bench.baseline, (bench.data.calibration, bench.data.evaluation), bench.metric.name + timing
-    )
+    datasets, metric = (bench.data.calibration, bench.data.evaluation), bench.metric.name
+    store = Store.for_search(bench.baseline, datasets, metric + timing, executor.fingerprint)
     result = SearchResult(
         str(label), config, figures, bench.metric.name, bench.data.origin, [], Choice(None, (), ())
     )
@@ -194,16 +197,16 @@ def optimize(
     families = list(dict.fromkeys(c.family for c in queue))  # in order, cheap families first
     for family in families:
         batch = [c for c in queue if c.family == family]
-        run_candidates(batch, bench, store, clock, result, best_so_far, tell)
+        run_candidates(batch, bench, store, clock, result, best_so_far, tell, executor)
     # Fallbacks last: every route, training included, is tried once before these rescues of
     # INT8 recipes that missed (each one's sensitivity scan costs minutes on a transformer).
     for family in families:
         for depths in fallback_queue(result, family):  # per root, shallowest first
             for deeper in depths:
-                run_candidates([deeper], bench, store, clock, result, best_so_far, tell)
+                run_candidates([deeper], bench, store, clock, result, best_so_far, tell, executor)
                 if within_budget(result, result.outcomes[-1]):
                     break  # a deeper fallback would only be slower
-    confirm_shortlist(bench, store, result, clock, tell)
+    confirm_shortlist(bench, store, result, clock, tell, executor)
     result.choice = final_choice(result)
     best = result.choice.best
     result.kept_original = best is not None and best.name == ORIGINAL
@@ -212,11 +215,13 @@ def optimize(
     if result.chosen is not None:
         chosen_model = store.model(result.chosen)  # read once: threads and the artifact
         tell(f"choosing thread settings for {result.chosen.text}")
-        result.threads = tune_threads(bench, chosen_model)
+        result.threads = executor.run("threads", tune_threads, bench, chosen_model)
         tell("timing the chosen model at batch 1 and at the throughput shape")
         ran = result.threads.against_baseline or result.chosen.full
         threads = result.threads.intra_op_threads
-        result.objectives = both_objectives(bench, chosen_model, ran, threads)
+        result.objectives = executor.run(
+            "both objectives", both_objectives, bench, chosen_model, ran, threads
+        )
         result.timed_at = {o: bench.timed_at(o) for o in result.objectives}
     result.wall_s = clock.elapsed()
     if out_path is not None:
@@ -231,18 +236,21 @@ def prepare(
     clock: Clock,
     shapes: dict[str, tuple[int, ...]] | None = None,
     tell: Progress = lambda _: None,
+    executor: Executor = INLINE,
 ) -> tuple[Bench, BaselineFigures]:
-    """Load and measure the baseline; refuse a time budget it alone exhausts."""
+    """Load and measure the baseline (on `executor`, as the candidates are: its reference
+    outputs too, so both come from the same kind of machine); refuse a time budget it alone
+    exhausts."""
     tell(f"loading {source if isinstance(source, str) else type(source).__name__} ...")
     baseline = load(source, shapes=shapes)
     chosen = resolve_data(baseline, data)
     metric = Metric.resolve(config.metric, chosen.evaluation, baseline, chosen.metric)
-    per_sample_s = batch1_seconds(baseline, chosen.evaluation)
+    per_sample_s = executor.run("baseline", batch1_seconds, baseline, chosen.evaluation)
     tell(
         f"baseline: {1e3 * per_sample_s:.1f} ms/sample at batch 1; reference outputs on "
         f"{len(chosen.evaluation)} held-out samples, alone and in batches ({clock.elapsed():.0f} s)"
     )
-    reference = run_outputs(baseline, chosen.evaluation)
+    reference = executor.run("baseline outputs", run_outputs, baseline, chosen.evaluation)
     judge = metric.judge(chosen.evaluation, reference, config.channel_axes)
     context = PassContext.for_model(baseline, chosen.calibration)
     score = metric.baseline_score(reference, chosen.evaluation)
@@ -252,14 +260,17 @@ def prepare(
         per_sample_s, limit, config.throughput,
     )  # fmt: skip
     if config.objective == "throughput":  # estimates count feeds: here, parts of a batch
-        bench = dataclasses.replace(bench, per_sample_s=feed_seconds(bench, "throughput"))
-    memory = memory_bytes(baseline, bench) if config.objective == "memory" else None
+        per_feed_s = executor.run("baseline throughput", feed_seconds, bench, "throughput")
+        bench = dataclasses.replace(bench, per_sample_s=per_feed_s)
+    memory = None
+    if config.objective == "memory":
+        memory = executor.run("baseline memory", memory_bytes, baseline, bench)
     noise = noise_floor(judge, reference)
     figures = BaselineFigures(baseline.size_bytes, score, memory, round(clock.elapsed(), 2), noise)
     # Held back: the first confirmation and the thread choice; later confirmations are made
     # only while time is left (confirm_shortlist), so a short budget still tries candidates.
     clock.reserve_s = MIN_RESERVE_S + 2 * confirm_cost(bench.per_sample_s)
-    clock.reserve_s += both_objectives_cost(bench)
+    clock.reserve_s += executor.run("baseline, both objectives", both_objectives_cost, bench)
     if clock.elapsed() >= config.time_budget_s:
         raise InputError(
             f"--time-budget {config.time_budget_s:g} s is too small: loading and measuring the "
@@ -283,17 +294,33 @@ def run_candidates(
     result: SearchResult,
     best_so_far: write.BestSoFar,
     tell: Progress,
+    executor: Executor = INLINE,
 ) -> None:
+    """Each candidate in turn: built and screened, or taken from the store, or skipped. With
+    an executor of several nodes the next ones start early, but are judged in this order."""
     pending = list(queue)
     rejected_in_a_row = 0
+
+    def start(index: int) -> Job[tuple[Outcome, Model | None]] | None:
+        later = pending[index]
+        if not result.config.fresh and store.get(later.recipe.to_json()) is not None:
+            return None
+        train_s = _training_seconds(clock, result.outcomes, later)
+        if not _affordable(clock, result.outcomes, later, train_s):
+            return None
+        return executor.submit(later.text, screen, later, bench, train_s)
+
+    ahead = Lookahead(executor.width, len(pending), start)
     for index, candidate in enumerate(pending, 1):
         if rejected_in_a_row >= GIVE_UP_AFTER:
             result.skipped.append(f"{candidate.text} (its family is far over budget)")
+            ahead.skip(index - 1)
             continue
         stored = None if result.config.fresh else store.get(candidate.recipe.to_json())
         train_s = _training_seconds(clock, result.outcomes, candidate)
         if stored is None and not _affordable(clock, result.outcomes, candidate, train_s):
             result.skipped.append(f"{candidate.text} (time)")
+            ahead.skip(index - 1)
             continue
         tell(f"candidate {index} of {len(pending)}: {candidate.text} · {best_so_far.summary()}")
         if stored is not None:
@@ -302,7 +329,10 @@ def run_candidates(
             if not outcome.failed:
                 best_so_far.offer(outcome, partial(store.model, outcome))
         else:
-            outcome, model = screen(candidate, bench, train_s)
+            submit = partial(executor.submit, candidate.text, screen, candidate, bench, train_s)
+            job = ahead.take(index - 1, submit)
+            outcome, model = job.result()
+            outcome = dataclasses.replace(outcome, node=job.node)
             store.put(outcome, model)
             if model is not None:
                 best_so_far.offer(outcome, partial(_same, model))
@@ -338,7 +368,12 @@ def within_budget(result: SearchResult, outcome: Outcome) -> bool:
 
 
 def confirm_shortlist(
-    bench: Bench, store: Store, result: SearchResult, clock: Clock, tell: Progress
+    bench: Bench,
+    store: Store,
+    result: SearchResult,
+    clock: Clock,
+    tell: Progress,
+    executor: Executor = INLINE,
 ) -> None:
     """The full interleaved comparison for the best few within budget (by the probe); the
     first always, the others while the time budget lasts."""
@@ -352,7 +387,8 @@ def confirm_shortlist(
         index = _index(result, scored_one)
         outcome = result.outcomes[index]
         tell(f"confirming {rank} of {len(shortlist)}: {outcome.text}")
-        confirmed = confirm(outcome, store.model(outcome), bench)
+        model = store.model(outcome)
+        confirmed = executor.run(f"confirm {outcome.text}", confirm, outcome, model, bench)
         result.outcomes[index] = dataclasses.replace(confirmed, cached=outcome.cached)
         if confirmed.full is not None:
             tell(f"confirmed {outcome.text}: {confirmed.full.speedup:.2f}x at {bench.timed_at()}")

@@ -48,6 +48,7 @@ class Outcome:
     rejected: str | None = None  # screened out: fidelity only on a sample, far over budget
     notes: tuple[str, ...] = ()
     cached: bool = field(default=False, compare=False)  # loaded from an earlier run
+    node: str | None = field(default=None, compare=False)  # the Ray node that screened it
 
     @property
     def latency(self) -> LatencyComparison | None:
@@ -78,6 +79,7 @@ class Outcome:
             rejected=data.get("rejected"),
             notes=tuple(data.get("notes", ())),
             cached=True,
+            node=data.get("node"),
         )
 
 
@@ -88,8 +90,12 @@ class Store:
         self.folder = folder
 
     @staticmethod
-    def for_search(baseline: Model, datasets: Sequence[Dataset], metric: str) -> Store:
-        return Store(cache.cache_dir("search", search_key(baseline, datasets, metric)))
+    def for_search(
+        baseline: Model, datasets: Sequence[Dataset], metric: str, fingerprint: str | None = None
+    ) -> Store:
+        """`fingerprint`: the hardware the candidates are measured on (default: this machine)."""
+        key = search_key(baseline, datasets, metric, fingerprint)
+        return Store(cache.cache_dir("search", key))
 
     def get(self, recipe: list[dict[str, Any]]) -> Outcome | None:
         path = self.folder / _candidate_key(recipe) / OUTCOME
@@ -118,7 +124,9 @@ class Store:
         staging.rename(final)
 
 
-def search_key(baseline: Model, datasets: Sequence[Dataset], metric: str) -> str:
+def search_key(
+    baseline: Model, datasets: Sequence[Dataset], metric: str, fingerprint: str | None = None
+) -> str:
     digest = hashlib.sha256()
     # The graph, not the whole proto: metadata (provenance, IOSpec) differs between a fresh
     # export and the same model read back from the cache.
@@ -128,7 +136,7 @@ def search_key(baseline: Model, datasets: Sequence[Dataset], metric: str) -> str
         data.update_digest(digest)
     digest.update(metric.encode())
     digest.update(SCHEMA.encode())
-    digest.update(hardware.probe().fingerprint().encode())
+    digest.update((fingerprint or hardware.probe().fingerprint()).encode())
     digest.update(metadata.version("inferopt").encode())
     return digest.hexdigest()[:16]
 

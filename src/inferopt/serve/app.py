@@ -155,6 +155,7 @@ class HttpApi:
         return json(self._served(request).model_config())
 
     async def stats(self, request: Request) -> Response:
+        self.context.check_whole_server("the statistics extension")
         if "model" in request.path_params:
             versions = [self._served(request)]
         else:
@@ -162,6 +163,7 @@ class HttpApi:
         return json({"model_stats": [v.metrics.to_json() for v in versions]})
 
     async def metrics(self, request: Request) -> Response:
+        self.context.check_whole_server("/metrics")
         return Response(
             generate_latest(self.context.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST
         )

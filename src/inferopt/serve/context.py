@@ -9,7 +9,7 @@ from typing import Any
 
 from inferopt import __version__
 from inferopt.serve.config import ServerConfig
-from inferopt.serve.errors import Forbidden, Unauthorized
+from inferopt.serve.errors import Forbidden, NotFound, Unauthorized
 from inferopt.serve.metrics import Metrics
 from inferopt.serve.repository import Repository
 
@@ -23,6 +23,9 @@ class Context:
     metrics: Metrics
     config: ServerConfig
     draining: bool = False  # set on SIGTERM: not ready any more, queued work still finishes
+    # Set when this process is one replica of several (Ray Serve): the figures of the whole
+    # server are then Ray's, summed over replicas, and the repository rolls out through Ray.
+    replica: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -31,8 +34,23 @@ class Context:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
+    def check_whole_server(self, what: str) -> None:
+        """Refuse `what` (/metrics, statistics) in a replica: its own figures are not the
+        server's, and a proxy would show one replica, chosen at random, as the whole."""
+        if self.replica is not None:
+            raise NotFound(
+                f"{what} is not served under Ray Serve: this answer would come from one "
+                f"replica ({self.replica}) of several. Ray exports every replica's metrics on "
+                "each node's metrics port, labelled by replica; sum over them (docs/scaleout.md)"
+            )
+
     def check_management(self, authorization: str | None) -> None:
         """Load and unload are allowed only when turned on, and with the token if one is set."""
+        if self.replica is not None:
+            raise Forbidden(
+                "the model management API is off under Ray Serve: versions roll out through "
+                "Ray's config (run `inferopt serve REPO --ray ...` again, or `serve deploy`)"
+            )
         if not self.config.management_enabled:
             raise Forbidden(
                 "the model management API is off; start the server with --management "

@@ -104,6 +104,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, ctx: Ctx
     ) -> pb.ModelStatisticsResponse:
+        try:
+            self.context.check_whole_server("the statistics extension")
+        except ServeError as exc:
+            await _abort(ctx, exc)
         if request.name:
             versions = [await _answer(ctx, self._get(request.name, request.version))]
         else:
