@@ -44,11 +44,16 @@ def __getattr__(name: str) -> Any:
         from inferopt import measure
 
         return getattr(measure, name)
+    if name in ("generate", "stream", "GenerationConfig"):  # generators: docs/generate.md
+        from inferopt.generative import generate
+
+        return getattr(generate, name)
     raise AttributeError(f"module 'inferopt' has no attribute {name!r}")
 
 
 __all__ = [
     "ExportError",
+    "GenerationConfig",
     "InferoptError",
     "InputError",
     "ModelLoadError",
@@ -57,7 +62,9 @@ __all__ = [
     "ZooError",
     "__version__",
     "compare",
+    "generate",
     "load",
     "optimize",
     "profile",
+    "stream",
 ]

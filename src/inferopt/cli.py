@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from inferopt import __version__, hardware, zoo
-from inferopt.errors import InferoptError
+from inferopt.errors import InferoptError, InputError
 from inferopt.model import Model
 
 console = Console()
@@ -93,7 +93,14 @@ def _found(model: Model) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from inferopt.commands import export_generator
     from inferopt.commands.inputs import load_model
+
+    causal_lm = export_generator.generator_folder(args.source)
+    if causal_lm is not None:  # a generator: an artifact folder with its KV cache
+        return export_generator.run(causal_lm, args, console)
+    if args.exporter == "builder":
+        raise InputError("--exporter builder (ORT GenAI's) is for causal language models")
 
     config = None
     if Path(args.source).is_dir() or ":" in args.source or zoo.is_zoo_name(args.source):
@@ -118,9 +125,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_list(args: argparse.Namespace) -> int:
-    table = Table("name", "what it is")
-    for name in zoo.names():
-        table.add_row(name + (" (default)" if name == zoo.DEFAULT else ""), zoo.SUMMARIES[name])
+    table = Table("name", "kind", "what it is")
+    for name in [*zoo.names(), *zoo.generator_names()]:
+        label = name + (" (default)" if name == zoo.DEFAULT else "")
+        table.add_row(label, zoo.kind(name), zoo.SUMMARIES[name])
     console.print(table)
     return 0
 
@@ -157,8 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="import a model (ONNX, HF folder, zoo, factory) to ONNX")
     export.add_argument("source", help="model.onnx | HF folder | zoo name | pkg.module:factory")
-    export.add_argument("--out", required=True, help="where to write the .onnx file")
-    export.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    export.add_argument(
+        "--out", required=True, help="the .onnx file to write; a folder for a causal LM"
+    )
+    export.add_argument(
+        "--exporter", choices=["auto", "dynamo", "torchscript", "builder"], default="auto",
+        help="builder: ORT GenAI's model builder (causal LMs it supports; their default)",
+    )  # fmt: skip
+    export.add_argument(
+        "--max-context", type=_positive, default=2048,
+        help="causal LMs: tokens the KV cache is sized for (default 2048, not the full window)",
+    )  # fmt: skip
     export.add_argument("--batch-axis", type=_axis, default=KEEP, help="override: N or none")
     export.add_argument("--seq-axis", type=_axis, default=KEEP, help="override: N or none")
     export.add_argument("--parity-batch", type=_positive, default=3)
@@ -178,13 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_export.add_argument("--no-latency", action="store_true")
     zoo_export.set_defaults(func=cmd_zoo_export)
 
-    from inferopt.commands import bench, deploy, optimize, profile, serve
+    from inferopt.commands import bench, deploy, generate, optimize, profile, serve
 
     optimize.add_parser(sub)
     profile.add_parser(sub)
     serve.add_parser(sub)
     bench.add_parser(sub)
     deploy.add_parser(sub)
+    generate.add_parser(sub)
 
     hw = sub.add_parser("hardware", help="what this machine offers for inference")
     hw.add_argument("--json", action="store_true", help="machine-readable output")

