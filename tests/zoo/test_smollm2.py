@@ -45,15 +45,15 @@ def test_missing_wheel_is_one_line_with_the_pip_command(monkeypatch: pytest.Monk
 
 
 def test_listed_as_a_generator_not_an_onnx_model() -> None:
-    assert zoo.kind("smollm2") == "generator" and zoo.kind("tiny-llama") == "generator"
-    assert "smollm2" not in zoo.names() and not zoo.is_zoo_name("smollm2")
+    assert zoo.kind("smollm2-135m") == "generator" and zoo.kind("tiny-llama") == "generator"
+    assert "smollm2-135m" not in zoo.names() and not zoo.is_zoo_name("smollm2-135m")
     with pytest.raises(ZooError, match="not a zoo generator"):
         zoo.generator_folder("minilm")
 
 
 @pytest.fixture(scope="module")
 def folder() -> Path:
-    return zoo.generator_folder("smollm2")
+    return zoo.generator_folder("smollm2-135m")
 
 
 @needs_wheel

