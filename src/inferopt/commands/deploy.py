@@ -31,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
         help="KServe runtime and InferenceService, KubeRay RayService, Dockerfile",
         description="Write a KServe ClusterServingRuntime (kserve-inferopt) and an example "
         "InferenceService, a KubeRay RayService, a kustomization.yaml listing them, and the "
-        "Dockerfile of the image they run (see docs/scaleout-kserve.md).",
+        "Dockerfile of the image they run (see docs/scaleout.md).",
     )
     kserve.add_argument("source", metavar="ARTIFACT_OR_REPO", type=Path)
     kserve.add_argument("--image", required=True, help="the image the pods run (you build it)")

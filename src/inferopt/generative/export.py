@@ -16,7 +16,7 @@ Two exporters write it:
   takes and returns the cache as flat tensors; any architecture transformers runs with a
   `DynamicCache`.
 "auto" takes the builder where it supports the architecture (faster to export and to run on
-the tiny Llama: docs/generate-export.md), else dynamo.
+the tiny Llama: docs/generate.md), else dynamo.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ works for any decoder of the contract (a preallocated max_context buffer updated
 works only for GroupQueryAttention graphs). At a 256-token context on the tiny test models it
 costs about 7 us per token more than numpy feeds (Python binding calls) and is faster than
 binding views of two preallocated buffers; on a larger model it draws level with numpy, and
-on a 32 MiB cache-sized output it is 8x faster than `session.run` (docs/generate-use.md).
+on a 32 MiB cache-sized output it is 8x faster than `session.run` (docs/generate.md).
 """
 
 from __future__ import annotations
