@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from inferopt import hardware
+from inferopt import hardware, rayaddress
 from inferopt.errors import InferoptError, first_line
 from inferopt.search.executor import Executor, Job
 
@@ -42,7 +41,6 @@ Hardware = Literal["refuse", "group"]
 HARDWARE: tuple[Hardware, ...] = ("refuse", "group")
 MAX_RETRIES = 3  # a measurement whose worker or node is lost is run again, this many times
 POLL_S = 5.0  # how often a wait checks that some node of the group is still alive
-CONNECT_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 120.0  # a node's first task starts a worker that imports inferopt
 # Ray 2.60 turns token authentication on for a head started where ~/.ray/auth_token exists;
 # a driver that does not send the token is refused, with a reason that does not say so.
@@ -257,14 +255,13 @@ def _check_reachable(address: str) -> None:
             target = canonicalize_bootstrap_address_or_die(address)
         except (ConnectionError, ValueError) as exc:
             raise ClusterError(f"--ray auto: {first_line(exc)}") from exc
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(f"--ray {address}: expected auto, ray://HOST:PORT or HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        rayaddress.probe(target)
+    except ValueError as exc:
+        raise ClusterError(f"--ray {address}: expected auto, ray://HOST:PORT or HOST:PORT") from exc
     except OSError as exc:
         raise ClusterError(
-            f"--ray {address}: cannot reach {host}:{port} ({exc.strerror or exc}); start the "
+            f"--ray {address}: cannot reach {target} ({exc.strerror or exc}); start the "
             f"head there with `ray start --head --resources '{{\"{RESOURCE}\": 1}}'`"
         ) from exc
 

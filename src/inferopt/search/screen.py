@@ -280,9 +280,8 @@ def _comparison_cost(round_s: float) -> float:
 def finished_line(outcome: Outcome, row: Scored, within: bool, timed_at: str) -> str:
     """One progress line for a finished candidate: its drop in the budget's terms with the
     upper end of its 95% interval, its probed speed-up, and the verdict."""
-    where = " (cached)" if outcome.cached else f" ({outcome.seconds:.0f} s)"
-    if outcome.node is not None and not outcome.cached:
-        where = f" ({outcome.seconds:.0f} s on {outcome.node})"
+    on = f" on {outcome.node}" if outcome.node is not None else ""
+    where = " (cached)" if outcome.cached else f" ({outcome.seconds:.0f} s{on})"
     if outcome.failed is not None:
         return f"done {outcome.text}{where}: failed: {outcome.failed}"
     speed = f"{outcome.latency.speedup:.2f}x at {timed_at}" if outcome.latency else "not timed"

@@ -66,8 +66,8 @@ class Budget:
 
     def rule_text(self) -> str:
         if self.rule == "upper":
-            return "within budget when the upper end of the drop's 95% interval is"
-        return "within budget when the measured drop is (intervals reported, not used)"
+            return "within budget when the upper end of the drop's 95% interval is at most it"
+        return "within budget when the measured drop is at most it (intervals reported, not used)"
 
     def allows(self, drop: float, baseline_score: float) -> bool:
         return self.normalised(drop, baseline_score) <= self.value + 1e-12

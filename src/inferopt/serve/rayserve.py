@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import urllib.request
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ray import serve
 from ray.serve.metrics import Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferopt import rayaddress
 from inferopt.serve import grpc_service
 from inferopt.serve.app import create_app
 from inferopt.serve.config import ConfigFile, ModelConfig, ServerConfig
@@ -229,11 +229,10 @@ def connect(address: str | None) -> None:
 
 def _check_reachable(address: str) -> None:
     """Fail in seconds when nothing listens at `address`: Ray itself retries for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--ray {address}: expected HOST:PORT, ray://HOST:PORT or auto")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        rayaddress.probe(address)
+    except ValueError as exc:
+        raise ConfigError(f"--ray {address}: expected HOST:PORT, ray://HOST:PORT or auto") from exc
     except OSError as exc:
         raise ConfigError(f"cannot reach Ray at {address}: {exc}") from exc
 
