@@ -68,8 +68,14 @@ def test_stop_string_is_not_printed(
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--top-p", "0"], "top_p must be in (0, 1]"),
         (["--top-k", "-2"], "top_k must be >= 0"),
+        (["--temperature", "nan"], "temperature must be >= 0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-k", "-1"], "top_k must be >= 0"),
         (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--max-new-tokens", "-3"], "max_new_tokens must be >= 1, got -3"),
         (["--max-new-tokens", "100", "--max-context", "16"], "more than the context cap of 16"),
+        (["--max-context", "0"], "max_context must be >= 1"),
+        (["--max-context", "-5"], "max_context must be >= 1"),
         (["--chat"], "no chat template"),
     ],
 )
@@ -91,3 +97,47 @@ def test_unparsable_flag_exits_2(tiny_llama_artifact: Path) -> None:
     with pytest.raises(SystemExit) as exc:  # argparse's own usage error
         main(["generate", str(tiny_llama_artifact), "--prompt", "hi", "--top-k", "many"])
     assert exc.value.code == 2
+
+
+def test_a_max_context_memory_cannot_hold_is_one_line_exit_2(
+    tiny_llama_artifact: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferopt.generative import memory
+
+    weights = memory.onnx_weight_bytes(tiny_llama_artifact / "model.onnx")
+    room = memory.HEADROOM + weights + 100 * 512  # 512 B per token: 100 tokens fit
+    monkeypatch.setattr(memory, "available_bytes", lambda: room)
+    argv = ["generate", str(tiny_llama_artifact), "--prompt", "hi", "--max-context", "1500"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--max-context 1500 needs 750 KiB of KV cache (512 B per token x 1500 tokens)" in err
+    assert err.rstrip().endswith("at most 100 tokens fit") and err.count("\n") == 1, err
+
+
+def test_a_source_not_yet_exported_points_to_inferopt_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    for source, what in ((model, "a GGUF file"), (hf, "a Hugging Face folder")):
+        assert main(["generate", str(source), "--prompt", "hi"]) == 2
+        err = capsys.readouterr().err
+        assert f"is {what}, not an artifact folder: run `inferopt export {source}" in err, err
+        assert err.count("\n") == 1
+
+
+def test_a_prompt_longer_than_the_context_is_one_line_exit_2(
+    tiny_llama_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompt = "Return the function that returns the value of the argument"
+    tokens = len(Generator(tiny_llama_artifact).prompt_ids(prompt))
+    assert tokens > 4
+    assert (
+        main(["generate", str(tiny_llama_artifact), "--prompt", prompt, "--max-context", "4"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"the prompt is {tokens} tokens, more than the context cap of 4 tokens" in err, err
+    assert err.count("\n") == 1

@@ -4,9 +4,14 @@ cache, genai_config.json, tokenizer files). Both are built once per session."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# Tests here import genai_loop.py beside them (--import-mode=importlib does not put test
+# folders on sys.path by itself).
+sys.path.insert(0, str(Path(__file__).parent))
 
 pytest.importorskip("transformers")
 
@@ -24,3 +29,14 @@ def tiny_llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama_artifact(tiny_llama_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_llama_folder` exported by `export_causal_lm` with its default exporter."""
     return export_causal_lm(tiny_llama_folder, tmp_path_factory.mktemp("tiny-llama-onnx"))
+
+
+@pytest.fixture(scope="session")
+def zoo_tiny_llama_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zoo's trained `tiny-llama` (trained once per machine, ~150 s, then cached)
+    exported with the default exporter: real text statistics, so quantization damage shows."""
+    from inferopt import zoo
+
+    return export_causal_lm(
+        zoo.generator_folder("tiny-llama"), tmp_path_factory.mktemp("zoo-tiny-llama")
+    )

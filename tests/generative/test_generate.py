@@ -55,21 +55,13 @@ def until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
 
 
 def test_greedy_equals_a_plain_loop_and_ort_genai(gen: Generator, tiny_llama_artifact: Path):
-    og = pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("onnxruntime_genai")
+    from genai_loop import og_greedy
+
     prompt_ids = gen.prompt_ids(PROMPT)
     ours = list(gen.token_ids(prompt_ids, GenerationConfig(max_new_tokens=24)))
     assert ours == until_eos(reference_greedy(gen, prompt_ids, 24), gen.eos_ids)
-
-    model = og.Model(str(tiny_llama_artifact))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt_ids) + 24, do_sample=False)
-    theirs = og.Generator(model, params)
-    theirs.append_tokens(prompt_ids)
-    og_ids: list[int] = []
-    while not theirs.is_done():
-        theirs.generate_next_token()
-        og_ids.append(int(theirs.get_next_tokens()[0]))
-    assert ours == until_eos(og_ids, gen.eos_ids)
+    assert ours == until_eos(og_greedy(tiny_llama_artifact, prompt_ids, 24), gen.eos_ids)
 
 
 def test_sampling_is_seeded(gen: Generator) -> None:

@@ -1,6 +1,6 @@
-"""`inferopt export` of a causal language model (a zoo generator such as `tiny-llama`, or a
-Hugging Face folder with a `*ForCausalLM`): a decoder artifact folder with an explicit KV
-cache, checked against PyTorch fp32 before it is reported (docs/generate.md)."""
+"""`inferopt export` of a causal language model (a zoo generator such as `tiny-llama`, a GGUF
+file, or a Hugging Face folder with a `*ForCausalLM`): a decoder artifact folder with an
+explicit KV cache, checked against PyTorch fp32 before it is reported (docs/generate.md)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,19 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def generator_folder(source: str) -> Path | None:
-    """The Hugging Face folder of `source` when it is a causal LM: a zoo generator's (made on
-    first use) or the folder itself; None for every other source."""
+    """The Hugging Face folder of `source` when it is a causal LM: a zoo generator's or a GGUF
+    file's (made on first use, cached) or the folder itself; None for every other source.
+
+    Raises:
+        InputError: a `.gguf` path that is no file, or a GGUF file transformers cannot load
+            (inferopt.generative.gguf says why).
+    """
     if source in zoo.generator_names():
         return zoo.generator_folder(source)
+    if source.lower().endswith(".gguf"):
+        from inferopt.generative.gguf import gguf_folder
+
+        return gguf_folder(Path(source))  # refuses a missing or unreadable file, one line
     folder = Path(source)
     config = folder / "config.json"
     if not (folder.is_dir() and config.is_file()):

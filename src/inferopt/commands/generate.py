@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from inferopt.errors import InputError
@@ -59,6 +60,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from inferopt.generative.generate import GenerationConfig, Generator
 
+    _check_artifact(Path(args.model))
     fields = {field for _, field, _, _ in _FLAGS} | {"chat", "stop"}
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
@@ -73,3 +75,23 @@ def run(args: argparse.Namespace) -> int:
     out.write("\n")
     out.flush()
     return 0
+
+
+def _check_artifact(model: Path) -> None:
+    """A GGUF file or a Hugging Face folder is a source to export first, not an artifact.
+
+    Raises:
+        InputError: `model` is one of those, with the command that makes the artifact.
+    """
+    if model.is_file() and model.suffix.lower() == ".gguf":
+        what = "a GGUF file"
+    elif (
+        model.is_dir() and (model / "config.json").is_file() and not (model / "model.onnx").exists()
+    ):
+        what = "a Hugging Face folder"
+    else:
+        return  # an artifact, or what Generator refuses by itself
+    raise InputError(
+        f"{model} is {what}, not an artifact folder: run `inferopt export {model} --out DIR` "
+        "first, then `inferopt generate DIR`"
+    )

@@ -72,9 +72,10 @@ def add_parser(subparsers: Any) -> None:
         "model's own, else top1 with labels, retrieval (nDCG@10) for embeddings, agreement",
     )
     search.add_argument(
-        "--objective", choices=OBJECTIVES, default="latency",
+        "--objective", choices=(*OBJECTIVES, "decode", "ttft"), default="latency",
         help="what the chosen model is best at: latency (batch 1), throughput (at "
-        "--throughput-shape), size or memory; both speeds are reported either way",
+        "--throughput-shape), size or memory; both speeds are reported either way. "
+        "Generators: decode (tokens/s, batch 1; latency means it), ttft, size, memory",
     )  # fmt: skip
     search.add_argument(
         "--throughput-shape", default="32x128", metavar="BATCHxTOKENS",
@@ -91,6 +92,11 @@ def add_parser(subparsers: Any) -> None:
     search.add_argument(
         "--fresh", action="store_true", help="measure again the candidates an earlier run finished"
     )
+    search.add_argument(
+        "--variants", metavar="LIST",
+        help="generators: comma-separated variants to try (default: fp32, int8-weight, "
+        "int4-weight, int4-weight-float-zp, int4-weight-mixed, w8a8; also int4-weight-hqq)",
+    )  # fmt: skip
     search.add_argument("--no-training", action="store_true",
                         help="leave out pruning and distillation")  # fmt: skip
     search.add_argument(
@@ -119,6 +125,17 @@ def _seconds(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from inferopt.commands import profile_generator
+
+    kind = profile_generator.kind_of(str(args.model)) if args.model else None
+    if kind is not None:  # a causal LM: the generator search (docs/generate.md)
+        from rich.console import Console
+
+        from inferopt.commands import optimize_generator
+
+        return optimize_generator.run(args, kind, Console())
+    if args.variants or args.objective in ("decode", "ttft"):
+        raise InputError("--variants and --objective decode|ttft are for generators")
     if args.recipe or args.recipe_from:
         if args.ray:
             raise InputError("--ray runs the search on a cluster; --recipe applies one recipe here")

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from inferopt import zoo
-from inferopt.commands import inputs
+from inferopt.commands import inputs, profile_generator
 from inferopt.errors import InputError
 from inferopt.measure.config import DEFAULT_BATCH_SIZES, DEFAULT_SEQ_LENS, ProfileConfig
 from inferopt.model import Model
@@ -41,6 +41,8 @@ def add_parser(subparsers: Any) -> None:
         "interleaved and ratios (second / first) reported.",
     )
     sources = f"model.onnx | artifact folder | zoo name ({', '.join(zoo.names())})"
+    sources += f" | generator: zoo name ({', '.join(zoo.generator_names())}), decoder artifact "
+    sources += "folder or Hugging Face causal-LM folder"
     p.add_argument(
         "model", nargs="?", default=zoo.DEFAULT, help=f"{sources}; default {zoo.DEFAULT}"
     )
@@ -51,6 +53,7 @@ def add_parser(subparsers: Any) -> None:
     for name, field, action, text in SWITCHES:
         p.add_argument(name, dest=field, action=action, default=argparse.SUPPRESS, help=text)
     inputs.add_options(p)
+    profile_generator.add_options(p)
     p.add_argument("--json", metavar="FILE", help="write the measurement (documented schema)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
     p.set_defaults(func=run)
@@ -65,7 +68,8 @@ def _valued_flags() -> list[tuple[tuple[str, ...], str, Callable[[str], Any], st
         (("--seq-lens", "--seq-len"), "seq_lens", _ints("--seq-lens"),
          f"comma-separated, sequence models only; default {_csv(DEFAULT_SEQ_LENS)}"),
         (("--threads",), "threads", _ints("--threads"),
-         "intra-op thread counts to sweep; default 1..usable cores"),
+         "intra-op thread counts to sweep; default 1..usable cores (a generator: one count, "
+         "default ORT's)"),
         (("--sessions",), "concurrent_sessions", _number(int, "--sessions"),
          "sessions you will run side by side, to flag oversubscription; "
          f"default {d.concurrent_sessions}"),
@@ -141,8 +145,16 @@ def config_from(args: argparse.Namespace) -> ProfileConfig:
 def run(args: argparse.Namespace) -> int:
     from inferopt.measure.pipeline import compare, profile
 
-    config = config_from(args)
     console = Console()
+    kinds = [profile_generator.kind_of(s) for s in (args.model, args.model2) if s is not None]
+    if any(kinds):
+        if args.model2 is not None:
+            raise InputError("profile: comparing a generator with a second model is not "
+                             "supported yet; profile one generator at a time")  # fmt: skip
+        _refuse(_encoder_flags(args), "does not apply to a generator")
+        return profile_generator.run(args, kinds[0] or "artifact", console)
+    _refuse(profile_generator.given_flags(args), "applies to generators only")
+    config = config_from(args)
     sources = [s for s in (args.model, args.model2) if s is not None]
     models: list[Model] = []
     for source in sources:
@@ -156,6 +168,21 @@ def run(args: argparse.Namespace) -> int:
         )
     _show_and_write(record, args, console)
     return 0
+
+
+def _encoder_flags(args: argparse.Namespace) -> list[str]:
+    """The encoder-only flags given (--threads is shared: a generator takes one count)."""
+    given = vars(args)
+    flags = [names[0] for names, field, _, _ in _valued_flags() if field in given]
+    flags += [name for name, field, _, _ in SWITCHES if field in given]
+    flags += [f"--{k}" for k in ("html", "data") if given.get(k)]
+    flags += ["--input-shape"] if given.get("input_shapes") else []
+    return [flag for flag in flags if flag != "--threads"]
+
+
+def _refuse(flags: list[str], why: str) -> None:
+    if flags:
+        raise InputError(f"profile: {', '.join(flags)} {why}")
 
 
 def _show_and_write(

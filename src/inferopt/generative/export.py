@@ -33,6 +33,7 @@ import onnx
 
 from inferopt.errors import ExportError, InputError, first_line
 from inferopt.generative.kv import DEFAULT_MAX_CONTEXT, KvLayout
+from inferopt.generative.memory import check_context, hf_weight_bytes
 
 Exporter = Literal["auto", "builder", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("auto", "builder", "dynamo")
@@ -119,8 +120,8 @@ def export_causal_lm(
 
     Raises:
         ValueError: `max_context` below 1 or an unknown exporter.
-        InputError: not a causal LM, no tokenizer, or an architecture the chosen exporter
-            does not support.
+        InputError: not a causal LM, no tokenizer, an architecture the chosen exporter
+            does not support, or a context memory cannot hold (generative.memory).
         ExportError: the exporter failed on a supported architecture.
     """
     if max_context < 1:
@@ -132,6 +133,8 @@ def export_causal_lm(
     window = config.get("max_position_embeddings", config.get("n_positions", max_context))
     context = min(max_context, int(window))
     layout = layout_of(config, context)
+    # refuse a cap memory cannot hold before anything is exported (weights as fp32 + cache)
+    check_context(layout, hf_weight_bytes(folder, config), asked=max_context)
     out.mkdir(parents=True, exist_ok=True)
     if chosen == "builder":
         _run_builder(folder, out)

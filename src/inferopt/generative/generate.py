@@ -31,6 +31,7 @@ import onnxruntime as ort
 
 from inferopt.errors import InputError, ModelLoadError
 from inferopt.generative.kv import DEFAULT_MAX_CONTEXT, KvLayout
+from inferopt.generative.memory import check_context, onnx_weight_bytes
 from inferopt.generative.sampling import next_token
 from inferopt.generative.stream import TextStreamer
 from inferopt.runtime import SessionConfig, create_session
@@ -88,7 +89,8 @@ class Generator:
 
     Raises:
         ModelLoadError: the folder lacks model.onnx or tokenizer.json, or ORT cannot load it.
-        InputError: the graph is not a decoder with a KV cache (KvLayout.of).
+        InputError: the graph is not a decoder with a KV cache (KvLayout.of), or memory
+            cannot hold the `max_context` asked for (generative.memory).
         ValueError: max_context < 1.
     """
 
@@ -113,6 +115,8 @@ class Generator:
         cap = min(self.context_length, max_context or DEFAULT_MAX_CONTEXT)
         graph = onnx.load(str(model_path), load_external_data=False)
         self.layout = KvLayout.of(graph, max_context=cap)
+        if max_context is not None:  # a cap asked for: refused if memory cannot hold it
+            check_context(self.layout, onnx_weight_bytes(model_path), asked=max_context)
         self._inputs = {i.name for i in graph.graph.input}
         self.session = create_session(model_path, session_config)
         self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))

@@ -9,6 +9,7 @@ is one elementwise Mul, so the model stays exactly equivalent in float."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,11 +76,14 @@ def channel_absmax(
 def _rewrite(proto: onnx.ModelProto, absmax: dict[str, np.ndarray], alpha: float) -> int:
     graph = proto.graph
     initializers = {i.name: i for i in graph.initializer}
+    # A weight read by another node too (a tied embedding's table, read by the lm_head's
+    # MatMul and, transposed, by the embedding Gather) cannot be rescaled for one reader.
+    readers = Counter(name for node in graph.node for name in node.input)
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
         weight = initializers.get(node.input[1]) if node.op_type in SMOOTHED_OPS else None
-        if weight is not None and node.input[0] in absmax:
+        if weight is not None and readers[weight.name] == 1 and node.input[0] in absmax:
             w = numpy_helper.to_array(weight)
             scale = _scale(absmax[node.input[0]], w, alpha)
             weight.CopyFrom(
