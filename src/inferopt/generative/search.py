@@ -53,7 +53,7 @@ VARIANTS: dict[str, Callable[[], WeightOnly | W8A8 | None]] = {
     "int4-weight-float-zp": lambda: WeightOnly(algorithm="rtn-float"),
     "int4-weight-hqq": lambda: WeightOnly(algorithm="hqq"),
     "int4-weight-mixed": lambda: WeightOnly(),  # int8 layers chosen by sensitivity
-    "w8a8": lambda: W8A8(smooth_alpha=None),
+    "w8a8": lambda: W8A8(),  # smoothing alpha 0.5: +16% perplexity on smollm2, none +69%
 }
 DEFAULT_VARIANTS = ("fp32", "int8-weight", "int4-weight", "int4-weight-float-zp",
                     "int4-weight-mixed", "w8a8")  # fmt: skip
