@@ -125,6 +125,9 @@ def test_context_limits_are_one_line_with_figures(tiny_llama_artifact: Path) -> 
     with pytest.raises(InputError, match=rf"\({n} tokens\) \+ max_new_tokens \(9\)") as err:
         small.stream("ab", GenerationConfig(max_new_tokens=9))  # raised before any piece
     assert "\n" not in str(err.value) and f"at most {8 - n} new tokens" in str(err.value)
+    exact = Generator(tiny_llama_artifact, max_context=n)  # the prompt fills the context
+    with pytest.raises(InputError, match="the prompt alone fills it, so shorten the prompt"):
+        exact.stream("ab", GenerationConfig(max_new_tokens=1))
 
 
 def test_chat_uses_the_template(tiny_llama_artifact: Path, tmp_path: Path) -> None:

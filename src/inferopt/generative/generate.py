@@ -212,10 +212,12 @@ class Generator:
         if prompt_tokens > cap:
             raise InputError(f"the prompt is {prompt_tokens} tokens, more than {where}")
         if prompt_tokens + max_new_tokens > cap:
+            room = cap - prompt_tokens
+            advice = (f"ask for at most {room} new tokens" if room else
+                      "the prompt alone fills it, so shorten the prompt")  # fmt: skip
             raise InputError(
                 f"the prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) = "
-                f"{prompt_tokens + max_new_tokens} tokens, more than {where}; "
-                f"ask for at most {cap - prompt_tokens} new tokens"
+                f"{prompt_tokens + max_new_tokens} tokens, more than {where}; {advice}"
             )
 
     # -- artifact details ----------------------------------------------------------------
