@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
@@ -33,8 +34,11 @@ def test_peak_meter_sees_a_freed_allocation() -> None:
     assert meter.method == "vmhwm"
     meter.reset_peak()
     before = meter.rss()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-    del block
+    # Fresh pages from an anonymous map, touched: a malloc'd block could reuse freed heap
+    # pages that are still resident (earlier tests leave some) and not raise RSS at all.
+    block = mmap.mmap(-1, 64 * 2**20)
+    np.frombuffer(block, dtype=np.uint8)[:] = 1
+    block.close()
     assert meter.peak() - before >= 60 * 2**20
     assert meter.rss() - before < 32 * 2**20  # freed, yet the peak remembers it
 

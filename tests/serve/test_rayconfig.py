@@ -171,6 +171,23 @@ def test_a_request_whose_replica_died_is_sent_again_with_its_body() -> None:
     assert sent[1]["body"] == b"ok"
 
 
+def test_an_answer_cut_short_by_a_dying_replica_is_retried_not_forwarded() -> None:
+    async def proxy(call: int, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        start = {"type": "http.response.start", "status": 200,
+                 "headers": [(REPLICA_HEADER, b"r1"), (b"content-length", b"6")]}  # fmt: skip
+        await send(start)
+        if call == 1:  # the replica dies after its response start, before its body
+            await send({"type": "http.response.body", "body": b"ok", "more_body": True})
+            raise RuntimeError("peer closed connection")
+        await send({"type": "http.response.body", "body": b"answer"})
+
+    sent, calls = _run(proxy)
+    assert calls == 2
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == b"answer"
+
+
 def test_a_models_own_error_is_passed_on_not_retried() -> None:
     async def proxy(call: int, scope: Any, receive: Any, send: Any) -> None:
         await _answer(send, 500, replica=True, body=b'{"error": "model failed"}')

@@ -62,10 +62,17 @@ class RetryLostRequests:
     async def _attempt(
         self, scope: Scope, body: bytes, receive: Receive, send: Send, forward_failure: bool
     ) -> bool:
-        """One try; False when it was a Ray-side failure that was swallowed for a retry."""
+        """One try; False when it was a Ray-side failure that was swallowed for a retry.
+
+        The response is held until its last body message: a replica that dies after its
+        response start but before the end of its body would otherwise leave the client a
+        start with a truncated body (seen under load: "peer closed connection without
+        sending complete message body"). Inference answers are small, so holding one costs
+        nothing that matters."""
         sent_body = False
+        held: list[Message] = []
         lost = False
-        started = False
+        complete = False
 
         async def replay() -> Message:
             nonlocal sent_body
@@ -75,28 +82,29 @@ class RetryLostRequests:
             return await receive()  # after the body: only the client's disconnect
 
         async def relay(message: Message) -> None:
-            nonlocal lost, started
+            nonlocal lost, complete
             if message["type"] == "http.response.start":
-                started = True
                 headers = dict(message.get("headers", []))
                 lost = message["status"] >= 500 and REPLICA_HEADER not in headers
-                if lost and not forward_failure:
-                    return
-            elif lost and not forward_failure:
-                return  # the failure's body, dropped with its start
-            await _marked(send)(message)
+            held.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+                if not lost or forward_failure:
+                    marked = _marked(send)
+                    for kept in held:
+                        await marked(kept)
 
         try:
             await self.app(scope, replay, relay)
         except Exception:
             # Ray's proxy raises when the replica died with the request (ActorDiedError and
-            # kin); nothing has reached the client yet, so it can go to another replica.
-            if started or forward_failure:
+            # kin); nothing has reached the client unless the whole answer had.
+            if complete or forward_failure:
                 raise
             return False
-        if not started:
-            # Ray's proxy returns without a response when the replica died with the request
-            # (uvicorn then answers 500): nothing reached the client, so try another replica.
+        if not complete:
+            # No answer, or one cut short: the replica died with the request, and nothing
+            # reached the client (on the last try uvicorn then answers 500).
             return forward_failure
         return not (lost and not forward_failure)
 
