@@ -20,7 +20,13 @@ from pathlib import Path
 import onnx
 
 from inferopt.generative.fidelity import FidelityConfig, ReferenceRun, measure_fidelity
-from inferopt.generative.weightonly import MODEL_FILE, WeightOnly, lm_head_node, weight_matmuls
+from inferopt.generative.weightonly import (
+    MODEL_FILE,
+    WeightOnly,
+    apply_excluding,
+    lm_head_node,
+    weight_matmuls,
+)
 
 _LAYER = re.compile(r"layers?[./_](\d+)[./_]")  # builder: /model/layers.3/..., dynamo: layers_3
 
@@ -80,20 +86,13 @@ def sensitivities(
             # Everything else "keeps" float: only this group is quantized.
             only = replace(pass_, int8_nodes=(), lm_head="same" if head in nodes else "keep")
             out = Path(tmp) / "candidate"
-            _quantize_only(only, source, out, others)
+            apply_excluding(only, source, out, frozenset(others))
             kl = measure_fidelity(out, reference).kl_point
             found.append(GroupSensitivity(name, tuple(nodes), kl))
             shutil.rmtree(out)
             if progress:
                 progress(f"sensitivity {i + 1}/{len(groups)}: {name} KL {kl:.4g}")
     return sorted(found, key=lambda g: g.kl, reverse=True)
-
-
-def _quantize_only(pass_: WeightOnly, source: Path, out: Path, skip: list[str]) -> None:
-    """`pass_` applied to every weight MatMul except `skip`, which stay in float."""
-    from inferopt.generative import weightonly
-
-    weightonly.apply_excluding(pass_, source, out, frozenset(skip))
 
 
 def choose_int8_nodes(

@@ -168,8 +168,9 @@ def search_generator(
     built = {name: _build(source, name, config, reference, fresh, progress)
              for name in config.variants}  # fmt: skip
     timings = _time(built, config, progress)
+    footprints = {name: _Footprint.of(name, folder) for name, (folder, _) in built.items()}
     candidates = [
-        _candidate(name, threads, folder, fid, timings[(name, threads)], config)
+        _candidate(name, threads, folder, fid, timings[(name, threads)], footprints[name], config)
         for name, (folder, fid) in built.items()
         for threads in config.threads
     ]
@@ -210,7 +211,7 @@ def _build(
     progress(f"{name}: built in {time.monotonic() - began:.1f} s; measuring fidelity")
     fid = measure_fidelity(staging, reference)
     record = {"variant": name, "describe": variant.describe(), "fidelity": fid.to_json(),
-              "fidelity_raw": _fidelity_raw(fid)}  # fmt: skip
+              "fidelity_raw": asdict(fid)}  # fmt: skip
     (staging / OUTCOME).write_text(json.dumps(record, indent=1))
     staging.rename(folder)  # an interrupted build leaves only a .partial folder
     progress(f"{name}: {_fidelity_line(fid)}")
@@ -226,10 +227,6 @@ def _store(source: Path, name: str, config: GeneratorSearchConfig) -> Path:
                       metadata.version("inferopt"), BUILD])  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache.cache_dir("search", "generators") / f"{name}-{digest}"
-
-
-def _fidelity_raw(fid: GeneratorFidelity) -> dict[str, Any]:
-    return asdict(fid)  # intervals become {low, high, level} dicts
 
 
 def _fidelity_from(record: dict[str, Any]) -> GeneratorFidelity:
@@ -307,26 +304,40 @@ def _decode_once(
     return (time.perf_counter() - began) / config.decode_tokens, ttft
 
 
+@dataclass(frozen=True)
+class _Footprint:
+    """What a variant's artifact is, whatever the thread count: read once per variant."""
+
+    describe: str
+    size_bytes: int
+    memory_bytes: int
+
+    @classmethod
+    def of(cls, name: str, folder: Path) -> _Footprint:
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(MODEL_FILE))
+        layout = _layout(folder)
+        outcome = folder / OUTCOME  # every built variant has one; fp32 is the source itself
+        describe = json.loads(outcome.read_text())["describe"] if name != "fp32" else "fp32"
+        return cls(str(describe), size, size + layout.bytes_per_token() * layout.max_context)
+
+
 def _candidate(
     name: str,
     threads: int,
     folder: Path,
     fid: GeneratorFidelity | None,
     timing: tuple[float, float],
+    footprint: _Footprint,
     config: GeneratorSearchConfig,
 ) -> Candidate:
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(MODEL_FILE))
-    layout = _layout(folder)
-    memory = size + layout.bytes_per_token() * layout.max_context
-    variant = VARIANTS[name]()
     return Candidate(
         variant=name,
-        describe="fp32" if variant is None else _describe(folder, variant),
+        describe=footprint.describe,
         threads=threads,
         decode_tokens_per_s=1.0 / timing[0],
         ttft_s=timing[1],
-        size_bytes=size,
-        memory_bytes=memory,
+        size_bytes=footprint.size_bytes,
+        memory_bytes=footprint.memory_bytes,
         fidelity={} if fid is None else fid.to_json(),
         verdict=verdict(fid, config.metric, config.budget),
         folder=str(folder),
@@ -339,12 +350,6 @@ def _layout(folder: Path) -> KvLayout:
     genai = json.loads((folder / "genai_config.json").read_text()).get("model", {})
     cap = min(int(genai.get("context_length") or DEFAULT_MAX_CONTEXT), DEFAULT_MAX_CONTEXT)
     return KvLayout.of(model, max_context=cap)
-
-
-def _describe(folder: Path, variant: WeightOnly | W8A8) -> str:
-    outcome = folder / OUTCOME
-    return str(json.loads(outcome.read_text())["describe"]) if outcome.is_file() else (
-        variant.describe())  # fmt: skip
 
 
 def _choose(candidates: list[Candidate], objective: str) -> Candidate:
