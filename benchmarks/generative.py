@@ -65,11 +65,14 @@ DECODE_TOKENS = 64
 FP32 = "fp32 (our export)"
 INT8 = "int8-weight rtn"
 INT4 = "int4-weight rtn"
+INT8_FP32 = "int8-weight rtn, fp32 compute"
 INT4_FLOAT = "int4-weight rtn-float"
+INT4_FLOAT_HEAD = "int4-weight rtn-float, lm_head fp32 compute"
 MIXED = "int4-weight rtn, mixed int8"
 W8A8_ROW = "W8A8 (dynamic int8)"
 BUILDER = "ORT GenAI builder int4"
-INT4_ROWS = (INT4, INT4_FLOAT, MIXED, BUILDER)
+INT4_ROWS = (INT4, INT4_FLOAT, INT4_FLOAT_HEAD, MIXED, BUILDER)
+INT8_ROWS = (INT8, INT8_FP32)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -182,8 +185,10 @@ def build(work: Path, quick: bool, skipped: dict[str, str]) -> list[Candidate]:
         return lambda f: (p.apply(fp32, f), p.describe() + "; " + _nbits_summary(f))[1]
 
     timed(INT8, pass_(WeightOnly(bits=8)))
+    timed(INT8_FP32, pass_(WeightOnly(bits=8, accuracy_level=1)))
     timed(INT4, pass_(WeightOnly()))
     timed(INT4_FLOAT, pass_(WeightOnly(algorithm="rtn-float")))
+    timed(INT4_FLOAT_HEAD, pass_(WeightOnly(algorithm="rtn-float", lm_head_accuracy_level=1)))
 
     mixed = _optional("inferopt.generative.mixed", "choose_int8_nodes", skipped, MIXED)
     if mixed is not None:
@@ -484,11 +489,13 @@ def targets(fig: dict[str, dict[str, Any]]) -> dict[str, Any]:
             f"{speed:.2f}x, {ppl_text}, {top1_text}",
             ok,
         )
-    if INT8 in fig:
-        fd = fig[INT8]["fidelity"] or {}
+    for name in INT8_ROWS:
+        if name not in fig:
+            continue
+        fd = fig[name]["fidelity"] or {}
         ppl, top1 = fd.get("perplexity_change_point"), fd.get("same_top1_point") or 0
         add(
-            "int8-weight: perplexity within 1%, same top-1 >= 0.97",
+            f"{name}: perplexity within 1%, same top-1 >= 0.97",
             f"{'inf' if ppl is None else f'{ppl:+.2%}'}, {top1:.3f}",
             ppl is not None and abs(ppl) <= 0.01 and top1 >= 0.97,
         )

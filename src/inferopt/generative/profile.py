@@ -28,6 +28,7 @@ import onnx
 from inferopt.errors import InputError
 from inferopt.generative import generate as gen_
 from inferopt.generative.kv import DEFAULT_MAX_CONTEXT
+from inferopt.generative.nbits import LOW_PLANE
 from inferopt.hardware import HardwareInfo, probe
 from inferopt.measure.memory import PeakMeter
 from inferopt.measure.roofline import machine_peaks
@@ -213,7 +214,9 @@ def weight_traffic(model: onnx.ModelProto) -> WeightTraffic:
         elif node.op_type in MATMUL_OPS:
             found = set().union(*(sources.get(n, set()) for n in node.input))
             matmul |= found
-            if node.op_type in PACKED_OPS:
+            if node.op_type in PACKED_OPS and node.name.endswith(LOW_PLANE):
+                pass  # the second 4-bit plane of one 8-bit weight (nbits.py): counted once
+            elif node.op_type in PACKED_OPS:
                 attrs = {a.name: a.i for a in node.attribute}
                 params += attrs.get("K", 0) * attrs.get("N", 0)
                 packed += 1
