@@ -15,7 +15,7 @@ from inferopt.errors import InputError
 from inferopt.generative.generate import (
     GenerationConfig,
     Generator,
-    _StopFilter,
+    StopFilter,
     generate,
     stream,
 )
@@ -93,6 +93,8 @@ def test_max_new_tokens_and_eos(gen: Generator) -> None:
     early = Generator(gen.folder)
     early.eos_ids = frozenset({full[eos_at]})
     assert list(early.token_ids(prompt_ids, GenerationConfig(max_new_tokens=12))) == full[:eos_at]
+    past_eos = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+    assert list(early.token_ids(prompt_ids, past_eos)) == full  # goes on through the EOS
 
 
 def test_stop_strings_cut_the_text(gen: Generator) -> None:
@@ -107,10 +109,10 @@ def test_stop_strings_cut_the_text(gen: Generator) -> None:
 
 
 def test_stop_filter_holds_back_what_may_start_a_stop() -> None:
-    stops = _StopFilter(["END", "\n\n"])
+    stops = StopFilter(["END", "\n\n"])
     fed = [stops.feed(p) for p in ["ab E", "N", "x\n", "y E", "ND tail"]]
     assert fed == [("ab ", False), ("", False), ("ENx", False), ("\ny ", False), ("", True)]
-    final = _StopFilter(["END"])
+    final = StopFilter(["END"])
     assert final.feed("a EN") == ("a ", False) and final.feed("", final=True) == ("EN", False)
 
 

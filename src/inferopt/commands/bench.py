@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from inferopt.loadgen.client import Target
     from inferopt.loadgen.inputs import DataSource
     from inferopt.loadgen.run import Load, Mode, RunConfig
-    from inferopt.loadgen.stats import Summary
+    from inferopt.loadgen.stats import Summary, Tally
     from inferopt.loadgen.sweep import BenchResult
 
 console = Console()
@@ -32,16 +34,26 @@ EXIT_NOTHING_SUCCEEDED = 1
 
 
 def add_parser(subparsers: Any) -> None:
+    from inferopt.commands.bench_streams import add_stream_options
+    from inferopt.loadgen.streaming import APIS
+
     parser = subparsers.add_parser(
         "bench",
         help="load an inference server (closed or open loop) and measure it",
         description="Load generator for Open Inference Protocol (KServe v2) servers. "
         "Closed loop: --concurrency N,N,..; open loop: --rate R,R,.. (latency counted from "
         "the scheduled send time). A list is a sweep, stopped when the SLO breaks or "
-        "throughput stops growing.",
+        "throughput stops growing. With --api openai-completions|openai-chat|oip-generate: "
+        "streaming text generation, measuring TTFT, ITL, TPOT and goodput.",
     )
     parser.add_argument("url", help="server address, host:port (HTTP or gRPC port)")
     parser.add_argument("--model", required=True, help="model name on the server")
+    parser.add_argument(
+        "--api", choices=("oip-infer", *APIS), default="oip-infer",
+        help="oip-infer: tensors to /v2/models/NAME/infer (default); the others stream text "
+        "generation: OpenAI /v1/completions or /v1/chat/completions, or the Open Inference "
+        "Protocol's /v2/models/NAME/generate_stream (see 'Streams' in docs/bench.md)",
+    )  # fmt: skip
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--binary", action="store_true", help="HTTP: binary tensor extension")
     load = parser.add_mutually_exclusive_group()
@@ -49,9 +61,11 @@ def add_parser(subparsers: Any) -> None:
     load.add_argument("--rate", help="open loop: requests per second, e.g. 50,100,200")
     parser.add_argument("--arrival", choices=ARRIVALS, default="constant", help="open loop")
     parser.add_argument("--duration", default="30", help="max seconds per load level")
-    parser.add_argument("--window", default="2", help="seconds per measurement window")
-    parser.add_argument("--warmup", default="2", help="seconds excluded at each level's start")
-    parser.add_argument("--tolerance", default="10", help="%% the last 3 windows must agree")
+    # No argparse defaults (None when not given, so that streaming APIs can refuse them);
+    # settings() applies them.
+    parser.add_argument("--window", help="seconds per measurement window (2)")
+    parser.add_argument("--warmup", help="seconds excluded at each level's start (2)")
+    parser.add_argument("--tolerance", help="%% the last 3 windows must agree (10)")
     parser.add_argument("--slo-ms", help="latency objective for goodput and to stop a sweep")
     parser.add_argument("--max-outstanding", default="1024", help="open loop: cap, then drop")
     parser.add_argument("--timeout", default="30", help="seconds before a request times out")
@@ -60,7 +74,8 @@ def add_parser(subparsers: Any) -> None:
     inputs.add_argument(
         "--tokenizer",
         help="text inputs from corpus sentences tokenized by the model's own tokenizer: an HF "
-        "tokenizer folder, a zoo name (minilm) or an `inferopt optimize` artifact folder",
+        "tokenizer folder, a zoo name (minilm) or an `inferopt optimize` artifact folder; "
+        "streaming APIs: a tokenizer.json (or its folder) that measures --prompt-tokens",
     )
     inputs.add_argument("--int-range", help="random integer inputs within LOW..HIGH (inclusive)")
     parser.add_argument(
@@ -70,6 +85,7 @@ def add_parser(subparsers: Any) -> None:
     add_shape_option(parser)
     parser.add_argument("--metrics-url", help="where /metrics is (default: URL/metrics, HTTP)")
     parser.add_argument("--seed", default="0", help="Poisson arrivals seed")
+    add_stream_options(parser)
     parser.add_argument("--json", help="write the result as JSON here")
     parser.add_argument("--html", help="write an HTML report with plots here")
     parser.set_defaults(func=run)
@@ -80,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
     from inferopt.loadgen.sweep import bench
     from inferopt.serve import eventloop
 
+    if args.api != "oip-infer":
+        from inferopt.commands import bench_streams
+
+        return bench_streams.run(args)
     target, loads, config, data = settings(args)
-    with _progress() as progress:
+    with progress_bar() as progress:
         tasks: dict[Load, TaskID] = {}
 
         def on_window(load: Load, elapsed: float, window: Summary) -> None:
@@ -96,11 +116,25 @@ def run(args: argparse.Namespace) -> int:
     _say_above_table(result)
     console.print(report.table(result))
     console.print(f"data: {result.data}; {result.stopped}", markup=False)  # [batch, seq]
+    return write_and_status(args, result.tally, partial(report.write_json, result),
+                            partial(report.write_html, result))  # fmt: skip
+
+
+def write_and_status(
+    args: argparse.Namespace,
+    tally: Tally,
+    write_json: Callable[[str], Path],
+    write_html: Callable[[str], Path],
+) -> int:
+    """Write --json and --html; the exit status: EXIT_NOTHING_SUCCEEDED, with the reason on
+    stderr, when no request succeeded, else 0."""
+    from inferopt.loadgen import report
+
     if args.json:
-        console.print(f"wrote {report.write_json(result, args.json)}")
+        console.print(f"wrote {write_json(args.json)}")
     if args.html:
-        console.print(f"wrote {report.write_html(result, args.html)}")
-    failed = report.failure(result.tally)
+        console.print(f"wrote {write_html(args.html)}")
+    failed = report.failure(tally)
     if failed is not None:
         line = Text.assemble(("inferopt bench: ", "bold red"), failed)
         Console(stderr=True, soft_wrap=True).print(line, highlight=False)
@@ -119,38 +153,40 @@ def _say_above_table(result: BenchResult) -> None:
         console.print(line, soft_wrap=True, highlight=False)
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     return Progress(*columns, console=console, transient=True)
 
 
 def settings(args: argparse.Namespace) -> tuple[Target, list[Load], RunConfig, DataSource]:
     """The command line as the loadgen's frozen configs; a bad value is a one-line BenchError."""
+    from inferopt.commands.bench_streams import refuse_stream_flags
     from inferopt.loadgen.client import Target
     from inferopt.loadgen.inputs import DataSource
     from inferopt.loadgen.run import Load, RunConfig
 
+    refuse_stream_flags(args)
     mode: Mode = "open" if args.rate is not None else "closed"
     loads_spec = args.rate if mode == "open" else (args.concurrency or "1")
     try:
-        levels = [_number(x, "--rate" if mode == "open" else "--concurrency") for x in
+        levels = [number_arg(x, "--rate" if mode == "open" else "--concurrency") for x in
                   loads_spec.split(",")]  # fmt: skip
         loads = [Load(mode, level, args.arrival) for level in levels]
-        slo = None if args.slo_ms is None else _number(args.slo_ms, "--slo-ms")
+        slo = None if args.slo_ms is None else number_arg(args.slo_ms, "--slo-ms")
         config = RunConfig(
-            window_s=_number(args.window, "--window"),
-            warmup_s=_number(args.warmup, "--warmup"),
-            max_duration_s=_number(args.duration, "--duration"),
-            tolerance=_number(args.tolerance, "--tolerance") / 100.0,
-            max_outstanding=int(_number(args.max_outstanding, "--max-outstanding")),
+            window_s=number_arg(args.window or "2", "--window"),
+            warmup_s=number_arg(args.warmup or "2", "--warmup"),
+            max_duration_s=number_arg(args.duration, "--duration"),
+            tolerance=number_arg(args.tolerance or "10", "--tolerance") / 100.0,
+            max_outstanding=int(number_arg(args.max_outstanding, "--max-outstanding")),
             slo_ms=slo,
-            seed=int(_number(args.seed, "--seed")),
+            seed=int(number_arg(args.seed, "--seed")),
         )
         target = Target(args.url, args.model, args.protocol, args.binary,
-                        _number(args.timeout, "--timeout"))  # fmt: skip
+                        number_arg(args.timeout, "--timeout"))  # fmt: skip
         data = DataSource(
             npz=Path(args.data) if args.data else None,
-            seq_len=None if args.seq_len is None else int(_number(args.seq_len, "--seq-len")),
+            seq_len=None if args.seq_len is None else int(number_arg(args.seq_len, "--seq-len")),
             tokenizer=args.tokenizer,
             int_range=None if args.int_range is None else _int_range(args.int_range),
             shapes=shapes(args),
@@ -160,7 +196,7 @@ def settings(args: argparse.Namespace) -> tuple[Target, list[Load], RunConfig, D
     return target, loads, config, data
 
 
-def _number(text: str, flag: str) -> float:
+def number_arg(text: str, flag: str) -> float:
     try:
         value = float(text)
     except ValueError:

@@ -18,7 +18,7 @@ on a 32 MiB cache-sized output it is 8x faster than `session.run` (docs/generate
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,7 +48,8 @@ class GenerationConfig:
     top_k (0: off) and top_p (1: off), from a numpy Generator seeded with `seed` (None: a
     fresh seed each call). `stop` strings end generation when the text contains one; the stop
     string and what follows are not returned. `chat` wraps the prompt as one user message in
-    the tokenizer's chat template.
+    the tokenizer's chat template. `ignore_eos` goes on past EOS to max_new_tokens (as vLLM's
+    option of that name: benchmarks want outputs of a known length).
 
     Raises:
         ValueError: max_new_tokens < 1, temperature < 0, top_p outside (0, 1], top_k < 0,
@@ -62,6 +63,7 @@ class GenerationConfig:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     chat: bool = False
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         # A list given for `stop` is kept as a tuple: the config stays hashable and frozen.
@@ -138,6 +140,26 @@ class Generator:
         # The template writes the special tokens (BOS and the like) itself.
         return list(self.tokenizer.encode(str(text), add_special_tokens=False).ids)
 
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """The token ids of a whole conversation (`{"role", "content"}` dicts, oldest first)
+        through the tokenizer's chat template, ending where the assistant's answer starts.
+
+        Raises:
+            InputError: the tokenizer has no chat template, or the template refuses the
+                conversation (its `raise_exception`, e.g. roles that do not alternate).
+            ModelLoadError: transformers cannot load the tokenizer.
+        """
+        from jinja2 import TemplateError
+
+        try:
+            text = self._chat_tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        except TemplateError as exc:
+            raise InputError(f"the chat template refuses these messages: {exc}") from None
+        # The template writes the special tokens (BOS and the like) itself.
+        return list(self.tokenizer.encode(str(text), add_special_tokens=False).ids)
+
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
@@ -159,7 +181,7 @@ class Generator:
 
     def _pieces(self, ids: list[int], config: GenerationConfig) -> Iterator[str]:
         streamer = TextStreamer(self.decode, ids)
-        stops = _StopFilter(config.stop)
+        stops = StopFilter(config.stop)
         for token in self.token_ids(ids, config):
             piece, stopped = stops.feed(streamer.push(token))
             if piece:
@@ -197,7 +219,7 @@ class Generator:
                 top_p=config.top_p,
                 rng=rng,
             )
-            if token in self.eos_ids:
+            if token in self.eos_ids and not config.ignore_eos:
                 return
             yield token
             logits = cache.run(np.asarray([token], dtype=np.int64))
@@ -296,7 +318,7 @@ class _BoundCache:
         return logits
 
 
-class _StopFilter:
+class StopFilter:
     """Holds back text that may be the start of a stop string; cuts at the first stop."""
 
     def __init__(self, stops: Sequence[str]) -> None:

@@ -32,7 +32,10 @@ def next_token(
     if 0 < top_k < row.size:
         # argpartition is O(vocab), a full sort is not needed to find the k largest.
         candidates = np.argpartition(row, -top_k)[-top_k:]
-    scaled = row[candidates] / temperature
+    # Shifted by the max before dividing: a tiny temperature then sends the others to -inf
+    # (probability 0), not to inf - inf = NaN.
+    with np.errstate(over="ignore"):
+        scaled = (row[candidates] - row[candidates].max()) / temperature
     # Most likely first; a stable sort so that equal logits keep a fixed order.
     order = np.argsort(-scaled, kind="stable")
     candidates, scaled = candidates[order], scaled[order]

@@ -106,7 +106,7 @@ async def run_point(
     else:
         driver = asyncio.create_task(_open(client, load, config, samples, start))
     try:
-        await _sleep_until(start + config.warmup_s)
+        await sleep_until(start + config.warmup_s)
         before = await scrape() if scrape else None
         cpu_start, wall_start = time.process_time(), time.monotonic()
         watch = await _watch(samples, start, load, config, on_window)
@@ -140,7 +140,7 @@ async def _watch(
     window_start = time.monotonic()
     while True:
         end = min(window_start + config.window_s, start + config.max_duration_s)
-        await _sleep_until(end)
+        await sleep_until(end)
         now = time.monotonic()
         bounds.append(len(samples))
         window = summarize(samples[bounds[-2] : bounds[-1]], now - window_start, config.slo_ms)
@@ -154,7 +154,7 @@ async def _watch(
             return windows, bounds, False
 
 
-async def _sleep_until(when: float) -> None:
+async def sleep_until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -187,7 +187,7 @@ async def _open(
         for offset in arrivals(load.level, load.arrival, config.seed):
             if offset > config.max_duration_s:  # the watcher stops us first; this bounds it
                 break
-            await _sleep_until(start + offset)
+            await sleep_until(start + offset)
             if len(outstanding) >= config.max_outstanding:
                 samples.append(Sample(offset, time.monotonic() - start - offset, "dropped"))
                 continue

@@ -31,7 +31,10 @@ from inferopt.serve.errors import (
     ServeError,
     UnsupportedEncoding,
 )
-from inferopt.serve.repository import ModelVersion
+from inferopt.serve.generation import GenerateApi
+from inferopt.serve.generators import GeneratorVersion
+from inferopt.serve.openai import OpenAiApi
+from inferopt.serve.repository import Served
 
 log = logging.getLogger("inferopt.serve")
 CLIENT_CLOSED = 499  # nginx's convention; nobody reads it, the client has gone
@@ -89,6 +92,9 @@ def _starlette(api: HttpApi) -> Starlette:
         Route("/v2/repository/models/{model}/unload", api.unload, methods=["POST"]),
         Route("/metrics", api.metrics, methods=get),
         Route("/v2/openapi.json", api.openapi, methods=get),
+        # generators (serve/generators.py): OIP's generate extension and OpenAI's API
+        *GenerateApi(api.context, api.json_body).routes(),
+        *OpenAiApi(api.context, api.json_body).routes(),
     ]
     for prefix in (model, version):
         routes += [
@@ -169,9 +175,11 @@ class HttpApi:
         )
 
     async def openapi(self, request: Request) -> Response:
-        return json(openapi.document([v.name for v in self.repository.served()]))
+        served = self.repository.served()
+        generators = [v.name for v in served if isinstance(v, GeneratorVersion)]
+        return json(openapi.document([v.name for v in served], generators))
 
-    def _served(self, request: Request) -> ModelVersion:
+    def _served(self, request: Request) -> Served:
         params = request.path_params
         return self.repository.get(params["model"], params.get("version"))
 
@@ -208,7 +216,7 @@ class HttpApi:
     # ---- model repository extension ----
 
     async def index(self, request: Request) -> Response:
-        options = await self._json_body(request)
+        options = await self.json_body(request)
         ready = options.get("ready", False)
         if not isinstance(ready, bool):
             raise BadRequest("'ready' must be true or false")
@@ -216,17 +224,18 @@ class HttpApi:
 
     async def load(self, request: Request) -> Response:
         self.context.check_management(request.headers.get("authorization"))
-        _no_parameters(await self._json_body(request), allowed=())
+        _no_parameters(await self.json_body(request), allowed=())
         await self.repository.load(request.path_params["model"])
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
         self.context.check_management(request.headers.get("authorization"))
-        _no_parameters(await self._json_body(request), allowed=("unload_dependents",))
+        _no_parameters(await self.json_body(request), allowed=("unload_dependents",))
         await self.repository.unload(request.path_params["model"])
         return Response(status_code=200)
 
-    async def _json_body(self, request: Request) -> dict[str, Any]:
+    async def json_body(self, request: Request) -> dict[str, Any]:
+        """The body as a JSON object ({} when empty); BadRequest otherwise."""
         body = await self._body(request)
         if not body.strip():
             return {}

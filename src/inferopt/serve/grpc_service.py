@@ -21,7 +21,7 @@ from inferopt.serve.errors import BadRequest, ServeError
 from inferopt.serve.proto import grpc_service_pb2 as pb
 from inferopt.serve.proto import grpc_service_pb2_grpc as pb_grpc
 from inferopt.serve.protocol import InferRequest, InferResponse, RequestedOutput
-from inferopt.serve.repository import ModelVersion
+from inferopt.serve.repository import Served
 
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -133,7 +133,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         await _answer(ctx, self._manage(ctx, request.parameters, "unload", request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
-    async def _get(self, name: str, version: str) -> ModelVersion:
+    async def _get(self, name: str, version: str) -> Served:
         return self.repository.get(name, version or None)
 
     async def _manage(self, ctx: Ctx, parameters: Any, action: str, name: str) -> None:

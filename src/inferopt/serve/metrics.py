@@ -13,14 +13,17 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from inferopt.serve.scheduler import Finish
 
 # Why a request ended; every request is counted exactly once under one of these.
 OUTCOMES = (
@@ -85,6 +88,8 @@ class Metrics:
             buckets=_BATCH_SIZES,
             registry=r,
         )
+
+        self.generation = GenerationFamilies(r, labels)
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(self, model, version)
@@ -294,3 +299,92 @@ class VersionMetrics:
                     for size, b in sorted(s.batches.items())
                 ],
             }
+
+
+class GenerationFamilies:
+    """The metrics of generators (continuous batching, serve/scheduler.py), named as vLLM
+    names the same figures, with this server's `inferopt_` prefix and labels."""
+
+    def __init__(self, r: CollectorRegistry, labels: tuple[str, ...]) -> None:
+        self.running = Gauge(
+            "inferopt_num_requests_running", "Generations holding a KV-cache slot", labels,
+            registry=r,
+        )  # fmt: skip
+        self.waiting = Gauge(
+            "inferopt_num_requests_waiting", "Generations queued for a KV-cache slot", labels,
+            registry=r,
+        )  # fmt: skip
+        self.kv_usage = Gauge(
+            "inferopt_kv_cache_usage_perc",
+            "Fraction of the KV-cache slots held (0 to 1; the slots are allocated up front)",
+            labels,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "inferopt_time_to_first_token_seconds",
+            "Time from a generation's arrival to its first token",
+            labels,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "inferopt_inter_token_latency_seconds",
+            "Time between two tokens of one generation",
+            labels,
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "inferopt_prompt_tokens", "Prompt tokens of finished generations", labels, registry=r
+        )
+        self.generation_tokens = Counter(
+            "inferopt_generation_tokens",
+            "Tokens generated (counted as each generation ends)",
+            labels,
+            registry=r,
+        )
+        self.finished = Counter(
+            "inferopt_request_success",
+            "Generations ended, by finished_reason: stop, length, deadline, cancelled, error",
+            (*labels, "finished_reason"),
+            registry=r,
+        )
+
+
+class GenerationEvents:
+    """The scheduler's events (serve/scheduler.Events) for one generator version, and its
+    gauges, read from `stats` (the scheduler's `stats()`) when /metrics is scraped.
+
+    Called from the scheduler's worker thread, except `rejected` (at submission, on the event
+    loop thread, as RequestCounts needs): prometheus_client's metrics take their own locks."""
+
+    def __init__(
+        self, version: VersionMetrics, families: GenerationFamilies, stats: Callable[[], Any]
+    ) -> None:
+        labels = (version.model, version.version)
+        self._version = version
+        self._ttft = families.ttft.labels(*labels)
+        self._itl = families.itl.labels(*labels)
+        self._prompt = families.prompt_tokens.labels(*labels)
+        self._generated = families.generation_tokens.labels(*labels)
+        self._finished = families.finished
+        self._labels = labels
+        families.running.labels(*labels).set_function(lambda: stats()["running"])
+        families.waiting.labels(*labels).set_function(lambda: stats()["waiting"])
+        families.kv_usage.labels(*labels).set_function(
+            lambda: (s := stats())["running"] / max(1, s["slots"])
+        )
+
+    def first_token(self, ttft_s: float) -> None:
+        self._ttft.observe(ttft_s)
+
+    def token(self, itl_s: float) -> None:
+        self._itl.observe(itl_s)
+
+    def finished(self, finish: Finish) -> None:
+        self._prompt.inc(finish.prompt_tokens)
+        self._generated.inc(finish.completion_tokens)
+        self._finished.labels(*self._labels, finish.reason).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._version.rejected(reason)

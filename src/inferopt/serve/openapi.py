@@ -89,6 +89,53 @@ _METADATA = {
 }
 
 
+_STOP = {
+    "nullable": True,
+    "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}},
+    ],
+}
+_SAMPLING: dict[str, Any] = {
+    "max_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
+    "top_p": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+    "top_k": {"type": "integer", "minimum": 0},
+    "seed": {"type": "integer", "minimum": 0, "nullable": True},
+    "stop": _STOP,
+}
+_OPENAI_COMMON: dict[str, Any] = {
+    **_SAMPLING,
+    "n": {"type": "integer", "enum": [1]},
+    "stream": {"type": "boolean", "nullable": True},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+        "content": {"type": "string"},
+    },
+}
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -101,6 +148,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         404: "unknown model or version",
         413: "body too large",
         415: "unsupported Content-Encoding",
+        422: "a parameter of the generation is wrong; the message names it",
+        424: "the generation failed",
         429: "refused by admission control; see Retry-After",
         503: "not ready",
         504: "deadline passed before the request could run",
@@ -112,8 +161,94 @@ def _operation(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> 
     return {"summary": summary, "responses": {"200": ok, **_errors(*errors)}, **extra}
 
 
-def document(models: list[str]) -> dict[str, Any]:
-    """The OpenAPI document; `models` are the names being served."""
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _generation_paths(generators: list[str], params: list[Any], prefix: str) -> dict[str, Any]:
+    """OIP's generate extension under `prefix` (serve/generation.py)."""
+    request = {
+        "type": "object",
+        "required": ["text_input"],
+        "properties": {
+            "text_input": {"type": "string", "minLength": 1},
+            "parameters": {"type": "object", "properties": _SAMPLING},
+        },
+    }
+    codes = (400, 404, 413, 415, 422, 424, 429, 503, 504)
+    return {
+        f"{prefix}/{kind}": {
+            "post": _operation(
+                summary, _json({"type": "object"}, "text"), *codes, requestBody=_body(request)
+            ),
+            "parameters": params,
+        }
+        for kind, summary in (
+            ("generate", "Generate text (generators only)"),
+            ("generate_stream", "Generate text as server-sent events (generators only)"),
+        )
+    }
+
+
+def _openai_paths(generators: list[str]) -> dict[str, Any]:
+    """OpenAI's API over the generators (serve/openai.py)."""
+    model: dict[str, Any] = {"type": "string"}
+    if generators:
+        model["enum"] = generators
+    errors = {
+        str(code): _json(_OPENAI_ERROR, why)
+        for code, why in (
+            (400, "invalid request; `param` names the field"),
+            (404, "unknown model"),
+            (429, "overloaded; see Retry-After"),
+            (503, "not ready"),
+            (504, "deadline passed"),
+        )
+    }
+
+    def post(summary: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        schema = {
+            "type": "object",
+            "required": required,
+            "properties": {"model": model, **_OPENAI_COMMON, **properties},
+        }
+        ok = _json({"type": "object"}, "the completion (text/event-stream when streaming)")
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": _body(schema),
+                "responses": {"200": ok, **errors},
+            }
+        }
+
+    name = {"name": "model", "in": "path", "required": True, "schema": model}
+    return {
+        "/v1/models": {"get": _operation("The generators", _json({"type": "object"}, "list"))},
+        "/v1/models/{model}": {
+            "get": {
+                "summary": "One generator",
+                "parameters": [name],
+                "responses": {"200": _json({"type": "object"}, "model"), **errors},
+            },
+        },
+        "/v1/completions": post(
+            "Complete a prompt", {"prompt": {"type": "string"}}, ["model", "prompt"]
+        ),
+        "/v1/chat/completions": post(
+            "Answer a conversation",
+            {
+                "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+                "max_completion_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+            },
+            ["model", "messages"],
+        ),
+    }
+
+
+def document(models: list[str], generators: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI document; `models` are the names being served, `generators` those of
+    them that are generators."""
+    generators = generators or []
     name_schema: dict[str, Any] = {"type": "string"}
     if models:
         name_schema["enum"] = models
@@ -186,6 +321,8 @@ def document(models: list[str]) -> dict[str, Any]:
             ),
             "parameters": params,
         }
+        paths.update(_generation_paths(generators, params, prefix))
+    paths.update(_openai_paths(generators))
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model}}/{action}"] = {
             "post": _operation(f"{action.title()} a model", ok, 400, 401, 403, 404, 413),

@@ -3,7 +3,8 @@
 Loading a model (at start-up, or through the repository API) reads its newest version, builds
 its ONNX Runtime session, runs warm-up, and only then makes it the version that takes
 traffic. The version it replaces drains: it finishes what it has queued, then stops. A load
-that fails leaves the old version serving, and says why in the index.
+that fails leaves the old version serving, and says why in the index. A version folder that
+holds a generator artifact loads as a `GeneratorVersion` (serve/generators.py) instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from inferopt.serve.errors import (
     Overloaded,
     ServeError,
 )
+from inferopt.serve.generators import GeneratorVersion, is_generator
 from inferopt.serve.layout import Layout, ModelSource, check_version
 from inferopt.serve.metrics import Metrics, VersionMetrics
 from inferopt.serve.protocol import InferRequest, InferResponse
@@ -94,6 +96,10 @@ class ModelVersion:
             id=request.id,
         )
 
+    async def close(self) -> None:
+        """Finish what is queued, then stop (see Batcher.close)."""
+        await self.batcher.close()
+
     def metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -151,7 +157,10 @@ class State:
     reason: str = ""
 
 
-__all__ = ["ModelVersion", "Repository", "WrapRunner"]
+# What the repository serves under a name: a model version, or a generator's.
+Served = ModelVersion | GeneratorVersion
+
+__all__ = ["ModelVersion", "Repository", "Served", "WrapRunner"]
 
 
 class Repository:
@@ -168,7 +177,7 @@ class Repository:
         self._base = base
         self._config_file = config_file
         self._metrics = metrics
-        self._served: dict[str, ModelVersion] = {}
+        self._served: dict[str, Served] = {}
         self._states: dict[str, State] = {}
         self._wanted: set[str] = set()  # models that should be serving: readiness waits for them
         self._locks: dict[str, asyncio.Lock] = {}
@@ -181,7 +190,7 @@ class Repository:
     def ready(self) -> bool:
         return self._started and all(name in self._served for name in self._wanted)
 
-    def get(self, name: str, version: str | None = None) -> ModelVersion:
+    def get(self, name: str, version: str | None = None) -> Served:
         served = self._served.get(name)
         if served is None:
             state = self._states.get(name)
@@ -196,10 +205,12 @@ class Repository:
         return served
 
     def serving(self, name: str) -> ModelVersion | None:
-        """The version of `name` taking traffic, or None (unknown, loading, failed)."""
-        return self._served.get(name)
+        """The version of `name` taking /infer traffic, or None (unknown, loading, failed, or
+        a generator, which /infer refuses after routing)."""
+        served = self._served.get(name)
+        return served if isinstance(served, ModelVersion) else None
 
-    def served(self) -> list[ModelVersion]:
+    def served(self) -> list[Served]:
         return [self._served[name] for name in sorted(self._served)]
 
     def _known_names(self) -> list[str]:
@@ -288,11 +299,15 @@ class Repository:
                     raise NotFound(f"model {name!r} is not loaded")
                 return
             self._states[name] = State(served.version, "UNLOADING")
-            await served.batcher.close()
+            await served.close()
             self._states[name] = State(served.version, "UNAVAILABLE", "unloaded")
 
-    async def _build(self, source: ModelSource) -> ModelVersion:
+    async def _build(self, source: ModelSource) -> Served:
         config = self._config_for(source)
+        if is_generator(source):
+            metrics = self._metrics.for_version(source.name, source.version)
+            families = self._metrics.generation
+            return await asyncio.to_thread(GeneratorVersion.load, source, config, metrics, families)
         loaded = await asyncio.to_thread(load_and_warm, source, config, self._wrap_runner)
         metrics = self._metrics.for_version(source.name, source.version)
         batcher = Batcher(loaded.runner, config, metrics, loaded.latency)
@@ -300,8 +315,8 @@ class Repository:
         version.warning = loaded.warning
         return version
 
-    def _drain(self, old: ModelVersion) -> None:
-        task = asyncio.create_task(old.batcher.close())
+    def _drain(self, old: Served) -> None:
+        task = asyncio.create_task(old.close())
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 
@@ -324,7 +339,7 @@ class Repository:
     async def close(self) -> None:
         """Finish every queued request of every version, then stop their batchers."""
         self._wanted.clear()
-        closing = [served.batcher.close() for served in self._served.values()]
+        closing = [served.close() for served in self._served.values()]
         await asyncio.gather(*closing, *self._draining)
 
 
