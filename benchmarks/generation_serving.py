@@ -83,7 +83,6 @@ async def _closed_loop(
         nonlocal tokens
         while queue:
             ids = queue.pop()
-            sent = time.perf_counter()
             stream = scheduler.submit(ids, config)
             first = None
             async for _ in stream:
@@ -94,7 +93,6 @@ async def _closed_loop(
             tokens += n
             if first is not None and n > 1:
                 tpots.append((done - first) / (n - 1))
-            del sent
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))

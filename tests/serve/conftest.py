@@ -196,3 +196,43 @@ def read_metric() -> Callable[..., float]:
 @pytest.fixture(scope="session")
 def poll() -> Callable[..., None]:
     return wait_until
+
+
+def fuzz_operations(operations: list[Any], mode: Any, max_examples: int) -> int:
+    """Drive schemathesis' strategies for each operation with hypothesis (its pytest plugin
+    does not run under this pytest): no generated request may get a 5xx, and every refusal
+    must say why. Returns how many operations had something to generate in `mode`."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    fuzzed = 0
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def no_server_error(case: Any) -> None:
+            response = case.call(timeout=60)
+            where = f"{case.method} {case.formatted_path}"
+            assert response.status_code < 500, f"{where}: {response.text}"
+            if response.status_code >= 400:
+                assert response.json()["error"], where  # every refusal says why
+
+        try:
+            no_server_error()
+        except Unsatisfiable:
+            # Nothing to violate (no parameters, or only a free-form string in the path).
+            assert mode == GenerationMode.NEGATIVE, operation.label
+            continue
+        fuzzed += 1
+    return fuzzed
+
+
+@pytest.fixture(scope="session")
+def fuzz() -> Callable[[list[Any], Any, int], int]:
+    return fuzz_operations

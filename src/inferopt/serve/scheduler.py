@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -120,7 +120,6 @@ class _Sequence:
     last: int = -1  # the token to feed next step
     generated: int = 0
     last_token_at: float = 0.0
-    pieces: list[str] = field(default_factory=list)
 
 
 class Scheduler:
