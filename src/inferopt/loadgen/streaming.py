@@ -1,7 +1,9 @@
-"""One streaming text-generation request, timed chunk by chunk, over httpx: OpenAI-compatible
+"""One streaming text-generation request, timed chunk by chunk: OpenAI-compatible
 completions and chat completions (`POST /v1/completions`, `/v1/chat/completions` with
 "stream": true) and the Open Inference Protocol generate extension (`POST
 /v2/models/NAME/generate_stream`, vLLM and Triton). All three answer with server-sent events.
+Requests go through http1's keep-alive Pool, not httpx, for its lower CPU per request (the
+generator shares the cores with the server; see http1's docstring); only check() uses httpx.
 
 Like client.py, a request never raises: it ends as a Timing whose outcome is "ok", the HTTP
 status of a refusal ("429", "503", ...), or a kind of failure: "timeout" (past --timeout),
@@ -13,16 +15,19 @@ error object in the stream) or "empty" (a stream without any text).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
+from inferopt.loadgen.http1 import HttpError, Pool, encode_post
 from inferopt.loadgen.inputs import BenchError
 from inferopt.loadgen.stats import Tally
 
@@ -31,7 +36,10 @@ APIS: tuple[Api, ...] = ("openai-completions", "openai-chat", "oip-generate")
 KINDS = ("timeout", "disconnect", "malformed", "stream_error", "empty", "dropped")
 _PATHS = {"openai-completions": "/v1/completions", "openai-chat": "/v1/chat/completions"}
 _DONE = "[DONE]"
+# No Accept-Encoding: the body must come as sent, uncompressed, to be read piece by piece.
+_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 _MESSAGE_CHARS = 300  # of a server's error message, kept to say why requests failed
+DRAIN_S = 1.0  # how long the end of a body may come after its [DONE]
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,14 @@ class _Failure(Exception):
 
 
 class StreamClient:
-    """Requests to one server and model through one httpx connection pool. `connections`
-    should cover the requests outstanding at once: a request waiting for a connection would
-    count the generator's wait as the server's."""
+    """Requests to one server and model through one keep-alive connection pool. `url`:
+    host:port, or http(s)://host:port[/prefix]; `connections`: the requests the caller runs
+    at once, the most idle connections kept (a request never waits for a connection: it
+    opens one when none is idle).
+
+    Raises:
+        BenchError: `url` is not an http(s) address with a host.
+    """
 
     def __init__(
         self,
@@ -81,16 +94,25 @@ class StreamClient:
         self.base = url if "://" in url else f"http://{url}"
         self.ignore_eos = ignore_eos
         self.model, self.api, self.max_tokens, self.timeout_s = model, api, max_tokens, timeout_s
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        # No httpx timeout: asyncio.timeout bounds the whole request, streaming included.
-        self._http = httpx.AsyncClient(base_url=self.base, limits=limits, timeout=None)
+        parts = urlsplit(self.base)
+        try:
+            host, tls = parts.hostname, parts.scheme == "https"
+            port = parts.port or (443 if tls else 80)
+        except ValueError:  # a port that is not a number in range
+            host = None
+        if parts.scheme not in ("http", "https") or not host:
+            raise BenchError(f"{url}: give the server as host:port or http(s)://host:port")
+        self._host = parts.netloc.rpartition("@")[2]  # the Host header, as httpx sent it
+        self._prefix = parts.path.rstrip("/")  # the paths below a base path, as httpx's base_url
+        self._pool = Pool(host, port, tls=tls, max_idle=connections)
         self.tally = Tally()
 
     async def check(self) -> None:
         """Raises BenchError when nothing answers at the address (any HTTP answer will do:
         servers differ in what they serve at /)."""
         try:
-            await self._http.get("/", timeout=10.0)
+            async with httpx.AsyncClient(base_url=self.base, timeout=10.0) as http:
+                await http.get("/")
         except httpx.HTTPError as exc:
             raise BenchError(f"cannot reach {self.base}: {exc!r}") from exc
 
@@ -129,33 +151,35 @@ class StreamClient:
         except _Failure as exc:
             self.tally.add(exc.kind, str(exc))
             return Timing(sent, exc.kind, time.monotonic() - origin)
-        except httpx.TransportError as exc:  # refused, reset, closed before the end
+        except (HttpError, OSError) as exc:  # refused, reset, closed before the end, not HTTP
             self.tally.add("disconnect", _one_line(repr(exc)))
             return Timing(sent, "disconnect", time.monotonic() - origin)
-        except httpx.HTTPError as exc:  # the rest: a body httpx cannot decode, redirects
-            self.tally.add("malformed", _one_line(repr(exc)))
-            return Timing(sent, "malformed", time.monotonic() - origin)
 
     async def _stream(self, prompt: str, origin: float, sent: float) -> Timing:
         path, body = self.request(prompt)
-        async with self._http.stream("POST", path, json=body) as response:
-            if response.status_code != 200:
+        request = encode_post(self._host, self._prefix + path, orjson.dumps(body), _HEADERS)
+        async with self._pool.stream(request) as response:
+            if response.status != 200:
                 status, text = (
-                    str(response.status_code),
-                    (await response.aread()).decode(errors="replace"),
+                    str(response.status),
+                    (await response.read()).decode("utf-8", "replace"),
                 )
                 self.tally.add_failure(status, lambda: _error_message(text))
                 return Timing(sent, status, time.monotonic() - origin)
-            times, usage, done = [], None, False
-            async for data in _events(response.aiter_lines()):
+            times: list[float] = []
+            usage, done, end = None, False, math.nan
+            events = _events(response.lines())
+            async for data in events:
                 if data == _DONE:
-                    done = True
+                    done, end = True, time.monotonic()
                     break
                 text, tokens = _parse(self.api, data)
                 usage = tokens if tokens is not None else usage
                 if text:
                     times.append(time.monotonic())
-        end = time.monotonic()
+            if done:
+                await _drain(events)
+        end = end if done else time.monotonic()
         if self.api != "oip-generate" and not done:
             raise _Failure("malformed", f"the stream ended without data: {_DONE}")
         if not times:
@@ -166,24 +190,36 @@ class StreamClient:
         return Timing(sent, "ok", end - origin, times[0] - origin, gaps, tokens)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._pool.close()
 
 
-async def _events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The data of each server-sent event. A parser of our own rather than a dependency: these
-    servers use only `data:` lines (one per event), so that is all it reads; event:, id:,
-    retry: and comment lines are skipped, and an event's data lines are joined by newlines,
-    as the SSE specification says. An event counts when its blank line arrives."""
-    data: list[str] = []
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read on past [DONE], normally just to the body's end, so that the connection can be
+    reused (the pool keeps only connections whose answer was read whole). A server that keeps
+    the body open longer than DRAIN_S loses the connection instead; the request counts as it
+    ended at [DONE]."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in events:
+                pass  # anything after [DONE] is not part of the answer
+
+
+async def _events(lines: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The data of each server-sent event, as text (UTF-8, undecodable bytes replaced). A
+    parser of our own rather than a dependency: these servers use only `data:` lines (one per
+    event), so that is all it reads; event:, id:, retry: and comment lines are skipped, and an
+    event's data lines are joined by newlines, as the SSE specification says. An event counts
+    when its blank line arrives. `lines`: without their ends (http1's Response.lines)."""
+    data: list[bytes] = []
     async for line in lines:
-        if line.startswith("data:"):
+        if line.startswith(b"data:"):
             value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value[1:] if value.startswith(b" ") else value)
         elif not line and data:
-            yield "\n".join(data)
+            yield b"\n".join(data).decode("utf-8", "replace")
             data = []
     if data:  # a last event without its blank line
-        yield "\n".join(data)
+        yield b"\n".join(data).decode("utf-8", "replace")
 
 
 def _parse(api: Api, data: str) -> tuple[str, int | None]:
