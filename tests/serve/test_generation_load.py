@@ -165,6 +165,21 @@ def test_generation_metrics_are_counted(url: str) -> None:
     assert sample(url, "inferopt_num_requests_waiting", **labels) == 0
 
 
+def test_a_shared_prefix_is_reused_and_gives_the_same_text(url: str) -> None:
+    labels = {"model": "endless", **LABELS}
+    hits = sample(url, "inferopt_prefix_cache_hits_total", **labels)
+    system = "You answer questions about Python code, briefly and exactly. " * 12
+    questions = ["What is a list?", "What is a dict?", "What is a list?"]
+    answers = [post(url, completion("endless", system + q, 12)).json() for q in questions]
+    cached = [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in answers]
+    prompt = answers[0]["usage"]["prompt_tokens"]
+    assert prompt > 128 and cached[0] == 0  # the first one computes it all
+    assert cached[1] >= 128 and cached[1] % 64 == 0 and cached[2] >= cached[1]
+    texts = [a["choices"][0]["text"] for a in answers]
+    assert texts[2] == texts[0]  # bit for bit what a prefill gives
+    assert sample(url, "inferopt_prefix_cache_hits_total", **labels) == hits + sum(cached)
+
+
 def test_stopping_the_server_finishes_running_streams(repo: Path) -> None:
     config = ServerConfig(host="127.0.0.1", http_port=0, grpc_port=None)
     with slowed_decode(STEP_S):

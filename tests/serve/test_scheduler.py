@@ -32,6 +32,7 @@ class Recorder:
         self.itl: list[float] = []
         self.finishes: list[Finish] = []
         self.refusals: list[str] = []
+        self.prefixes: list[tuple[int, int]] = []
 
     def first_token(self, ttft_s: float) -> None:
         self.ttft.append(ttft_s)
@@ -44,6 +45,9 @@ class Recorder:
 
     def rejected(self, reason: str) -> None:
         self.refusals.append(reason)
+
+    def prefix(self, prompt_tokens: int, cached_tokens: int) -> None:
+        self.prefixes.append((prompt_tokens, cached_tokens))
 
 
 def test_requests_joining_mid_generation_give_their_text_alone(generator: Generator) -> None:
@@ -67,6 +71,37 @@ def test_requests_joining_mid_generation_give_their_text_alone(generator: Genera
         assert finish is not None and finish.reason in ("stop", "length")
         assert finish.prompt_tokens == len(generator.prompt_ids(prompt))
         assert finish.completion_tokens <= 24
+
+
+def test_prompts_sharing_a_prefix_reuse_it_and_give_their_text_alone(
+    generator: Generator,
+) -> None:
+    shared = "a b c d e f g h i j " * 3
+    prompts = [shared + "k l m", shared + "x y", shared + "k l m"]
+    config = GenerationConfig(max_new_tokens=16)
+    alone = [generator.generate(p, config) for p in prompts]
+    recorder = Recorder()
+
+    async def run() -> list[tuple[str, Finish | None]]:
+        scheduler = Scheduler(generator, slots=2, chunk_tokens=4, events=recorder)
+        try:
+            found = []
+            for prompt in prompts:  # one after another: each finds the ones before cached
+                stream = scheduler.submit(generator.prompt_ids(prompt), config)
+                found.append((await stream.text(), stream.finish))
+            return found
+        finally:
+            scheduler.close()
+
+    found = asyncio.run(run())
+    assert [text for text, _ in found] == alone
+    cached = [finish.cached_tokens for _, finish in found if finish is not None]
+    length = len(generator.prompt_ids(shared))
+    assert cached[0] == 0 and length - 4 < cached[1] <= length and cached[1] % 4 == 0
+    again = len(generator.prompt_ids(prompts[2]))
+    assert cached[2] == (again - 1) // 4 * 4  # the same prompt again: all whole chunks but
+    # the one holding its last token, which must run for its logits
+    assert recorder.prefixes == [(f.prompt_tokens, f.cached_tokens) for _, f in found if f]
 
 
 def test_a_cancelled_stream_frees_its_slot_at_once(generator: Generator) -> None:

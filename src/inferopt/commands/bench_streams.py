@@ -36,6 +36,7 @@ STREAM_FLAGS = (
     ("--ttft-slo-ms", "ttft_slo_ms"),
     ("--tpot-slo-ms", "tpot_slo_ms"),
     ("--ignore-eos", "ignore_eos"),
+    ("--shared-prefix-tokens", "shared_prefix_tokens"),
 )
 # (flag, dest, value when not given) of tensor-only options, refused with a streaming API.
 TENSOR_FLAGS: tuple[tuple[str, str, object], ...] = (
@@ -59,6 +60,11 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prompt-tokens", metavar="MEAN[:STDDEV]",
         help="prompt lengths, normal: tokens of --tokenizer, else words (default 128)",
+    )  # fmt: skip
+    group.add_argument(
+        "--shared-prefix-tokens", metavar="N",
+        help="put the same N tokens (words) of text before every prompt, as a shared system "
+        "prompt: measures a server's prefix cache (default 0)",
     )  # fmt: skip
     group.add_argument("--max-tokens", help="output tokens requested per request (default 128)")
     group.add_argument("--requests", help="send at most this many requests (default 200)")
@@ -109,6 +115,7 @@ def settings(args: argparse.Namespace) -> StreamConfig:
             tokenizer=args.tokenizer,
             seed=_whole(args.seed, "--seed"),
             ignore_eos=bool(args.ignore_eos),
+            shared_prefix=_whole(args.shared_prefix_tokens or "0", "--shared-prefix-tokens"),
         )
     except ValueError as exc:
         raise BenchError(str(exc)) from None

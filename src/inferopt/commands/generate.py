@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in fields}
     try:
         config = GenerationConfig(**given)
-        generator = Generator(args.model, max_context=args.max_context)
+        generator = Generator(args.model, max_context=args.max_context, last_logits=True)
     except ValueError as exc:  # the config's message names the field and the value
         raise InputError(f"generate: {exc}") from exc
     out = sys.stdout

@@ -18,6 +18,7 @@ on a 32 MiB cache-sized output it is 8x faster than `session.run` (docs/generate
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +32,7 @@ import onnxruntime as ort
 
 from inferopt.errors import InputError, ModelLoadError
 from inferopt.generative.kv import DEFAULT_MAX_CONTEXT, KvLayout
+from inferopt.generative.last_logits import last_position_logits
 from inferopt.generative.memory import check_context, onnx_weight_bytes
 from inferopt.generative.sampling import next_token
 from inferopt.generative.stream import TextStreamer
@@ -40,6 +42,7 @@ MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+log = logging.getLogger("inferopt.generate")
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,10 @@ class Generator:
 
     `max_context` caps the tokens (prompt + generated) one generation may hold, below the
     model's context length from genai_config.json; by default the smaller of the two and
-    DEFAULT_MAX_CONTEXT.
+    DEFAULT_MAX_CONTEXT. `last_logits` runs the graph rewritten to compute logits for the last
+    position only (generative/last_logits.py): faster prefill, for serving; perplexity
+    needs every position, so it is off by default. A graph the rewrite does not recognise
+    runs as it is (`self.last_logits` says which).
 
     Raises:
         ModelLoadError: the folder lacks model.onnx or tokenizer.json, or ORT cannot load it.
@@ -102,6 +108,7 @@ class Generator:
         *,
         max_context: int | None = None,
         session_config: SessionConfig | None = None,
+        last_logits: bool = False,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -120,7 +127,18 @@ class Generator:
         if max_context is not None:  # a cap asked for: refused if memory cannot hold it
             check_context(self.layout, onnx_weight_bytes(model_path), asked=max_context)
         self._inputs = {i.name for i in graph.graph.input}
-        self.session = create_session(model_path, session_config)
+        self.last_logits = False
+        if last_logits:
+            try:
+                graph = last_position_logits(graph)
+                self.last_logits = True
+            except InputError as exc:
+                log.info("%s: logits of every position (%s)", self.folder, exc)
+        if self.last_logits:
+            self.session = create_session(graph, session_config, label=str(model_path),
+                                          data_dir=self.folder)  # fmt: skip
+        else:
+            self.session = create_session(model_path, session_config)
         self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
         self.eos_ids = self._eos_ids()
 

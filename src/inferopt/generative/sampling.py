@@ -25,9 +25,9 @@ def next_token(
     most likely tokens whose probability reaches `top_p` (1: no cut), and one id is drawn
     from what is left with `rng`. Arguments are validated by GenerationConfig, not here.
     """
+    if temperature == 0.0:  # float64 keeps float32's order and ties: argmax needs no copy
+        return int(np.argmax(logits))
     row = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if temperature == 0.0:
-        return int(np.argmax(row))
     candidates = np.arange(row.size)
     if 0 < top_k < row.size:
         # argpartition is O(vocab), a full sort is not needed to find the k largest.

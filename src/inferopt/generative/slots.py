@@ -31,16 +31,17 @@ if TYPE_CHECKING:
 DUMMY_TOKEN = 0  # fed to rows that are not decoding in a step; its output is discarded
 
 
-def slots_for_memory(generator: Generator, cap: int = 64) -> int:
+def slots_for_memory(generator: Generator, cap: int = 64, reserved: int = 0) -> int:
     """How many slots of the generator's capped context fit in the memory available after
-    its weights and HEADROOM (at least 1, at most `cap`).
+    its weights, `reserved` bytes (e.g. the prefix cache's) and HEADROOM (at least 1, at most
+    `cap`).
 
     Raises:
         InputError: not even one slot fits.
     """
     per_slot = generator.layout.bytes_per_token() * generator.layout.max_context
     weights = onnx_weight_bytes(generator.folder / "model.onnx")
-    free = available_bytes() - weights - HEADROOM
+    free = available_bytes() - weights - reserved - HEADROOM
     if free < per_slot:
         raise InputError(
             f"{generator.folder}: one KV-cache slot of {generator.layout.max_context} tokens "

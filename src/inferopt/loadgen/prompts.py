@@ -7,7 +7,9 @@ else in whitespace-separated words.
     prompts = make_prompts(100, PromptLength.parse("128:32"), load_tokenizer("tok.json"))
 
 Consecutive stretches, not repeats of one prompt: a server with a prefix cache must not serve
-the whole benchmark from its cache.
+the whole benchmark from its cache. To measure a prefix cache, `shared_prefix` puts one more
+stretch of that many tokens (or words) before every prompt, as a shared system prompt would
+be (vLLM's benchmark calls it the random prefix length).
 """
 
 from __future__ import annotations
@@ -94,24 +96,38 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def make_prompts(
-    count: int, length: PromptLength, tokenizer: Tokenizer | None = None, seed: int = 0
+    count: int,
+    length: PromptLength,
+    tokenizer: Tokenizer | None = None,
+    seed: int = 0,
+    shared_prefix: int = 0,
 ) -> Prompts:
     """`count` prompts, consecutive stretches of the held-out text, with lengths drawn from
-    `length` (seeded). Raises ValueError when count < 1."""
-    if count < 1:
-        raise ValueError(f"the number of prompts must be >= 1, got {count}")
+    `length` (seeded), each after the same `shared_prefix`-long stretch (0: none); lengths
+    count the prefix. Raises ValueError when count < 1 or shared_prefix < 0."""
+    if count < 1 or shared_prefix < 0:
+        raise ValueError(f"need count >= 1 and shared_prefix >= 0, got {count}, {shared_prefix}")
     wanted = length.draw(count, seed)
+    if shared_prefix:
+        wanted = [shared_prefix, *wanted]
     sentences = _held_out()
     if tokenizer is None:
         texts, repeats = _cut_words(sentences, wanted)
-        lengths, unit = [len(t.split()) for t in texts], "words"
     else:
         texts, repeats = _cut_tokens(sentences, wanted, tokenizer)
+    if shared_prefix:
+        prefix, *texts = texts
+        texts = [f"{prefix}\n\n{text}" for text in texts]
+    if tokenizer is None:
+        lengths, unit = [len(t.split()) for t in texts], "words"
+    else:
         encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
         lengths, unit = [len(e.ids) for e in encoded], "tokens"
     low, high = min(lengths), max(lengths)
     span = f"{low}" if low == high else f"{low}-{high}"
     origin = f"held-out corpus text, {count} prompts of {span} {unit}"
+    if shared_prefix:
+        origin += f", each starting with the same {shared_prefix} {unit}"
     if repeats:
         origin += " (the text ran out, so prompts repeat)"
     return Prompts(texts, lengths, unit, origin, repeats)

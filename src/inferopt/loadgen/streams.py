@@ -54,12 +54,15 @@ class StreamConfig:
     tokenizer: str | None = None  # a tokenizer.json (or its folder): prompt lengths in tokens
     seed: int = 0  # prompt lengths and Poisson arrivals
     ignore_eos: bool = False  # send ignore_eos (vLLM's extension): outputs of max_tokens
+    shared_prefix: int = 0  # tokens (words) of one text before every prompt (prefix caching)
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
             raise ValueError(f"unknown api {self.api!r}; choose from {', '.join(APIS)}")
         if not self.model:
             raise ValueError("the model name must not be empty")
+        if self.shared_prefix < 0:
+            raise ValueError(f"the shared prefix must be >= 0, got {self.shared_prefix}")
         for name in ("max_tokens", "max_requests", "max_outstanding"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -137,7 +140,8 @@ async def bench_streams(config: StreamConfig, on_done: OnDone | None = None) -> 
         BenchError: the tokenizer cannot be read, or nothing answers at the URL.
     """
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
-    prompts = make_prompts(config.max_requests, config.prompt_length, tokenizer, config.seed)
+    prompts = make_prompts(config.max_requests, config.prompt_length, tokenizer, config.seed,
+                           config.shared_prefix)  # fmt: skip
     level = int(config.load.level) if config.load.mode == "closed" else config.max_outstanding
     client = StreamClient(
         config.url, config.model, config.api, config.max_tokens, config.timeout_s, level,

@@ -78,6 +78,13 @@ class ModelConfig:
             "equal lengths merge"
         ),
     )
+    prefix_cache_tokens: int = field(
+        default=4096,
+        metadata=_help(
+            "generators: prompt tokens whose KV cache is kept for prompts that start the same "
+            "(a shared system prompt), least recently used out; 0: no prefix caching"
+        ),
+    )
     warmup_seq_len: int = field(default=16, metadata=_help("sequence length of warm-up runs"))
     input_shapes: str | None = field(
         default=None,
@@ -102,6 +109,7 @@ class ModelConfig:
         _at_least(self.intra_op_threads, 0, "intra_op_threads")
         _at_least(self.max_padding, 0, "max_padding")
         _at_least(self.warmup_seq_len, 1, "warmup_seq_len")
+        _at_least(self.prefix_cache_tokens, 0, "prefix_cache_tokens")
         for name in ("max_queue_wait_ms", "default_timeout_ms"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -343,6 +343,19 @@ class GenerationFamilies:
             labels,
             registry=r,
         )
+        # vLLM's prefix_cache_queries / prefix_cache_hits: their ratio is the hit rate.
+        self.prefix_queries = Counter(
+            "inferopt_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache (every admitted prompt's)",
+            labels,
+            registry=r,
+        )
+        self.prefix_hits = Counter(
+            "inferopt_prefix_cache_hits",
+            "Prompt tokens whose KV cache came from the prefix cache instead of a prefill",
+            labels,
+            registry=r,
+        )
         self.finished = Counter(
             "inferopt_request_success",
             "Generations ended, by finished_reason: stop, length, deadline, cancelled, error",
@@ -367,6 +380,8 @@ class GenerationEvents:
         self._itl = families.itl.labels(*labels)
         self._prompt = families.prompt_tokens.labels(*labels)
         self._generated = families.generation_tokens.labels(*labels)
+        self._prefix_queries = families.prefix_queries.labels(*labels)
+        self._prefix_hits = families.prefix_hits.labels(*labels)
         self._finished = families.finished
         self._labels = labels
         families.running.labels(*labels).set_function(lambda: stats()["running"])
@@ -388,3 +403,7 @@ class GenerationEvents:
 
     def rejected(self, reason: str) -> None:
         self._version.rejected(reason)
+
+    def prefix(self, prompt_tokens: int, cached_tokens: int) -> None:
+        self._prefix_queries.inc(prompt_tokens)
+        self._prefix_hits.inc(cached_tokens)

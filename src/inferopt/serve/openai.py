@@ -257,10 +257,13 @@ async def _events(reply: Reply, stream: Stream) -> AsyncGenerator[bytes, None]:
     yield DONE
 
 
-def usage(finish: Finish) -> dict[str, int]:
+def usage(finish: Finish) -> dict[str, Any]:
+    """OpenAI's usage object; prompt_tokens_details.cached_tokens counts the prompt tokens
+    served from the prefix cache, as OpenAI's and vLLM's do."""
     prompt, completion = finish.prompt_tokens, finish.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}  # fmt: skip
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": finish.cached_tokens}}  # fmt: skip
 
 
 def error(exc: ServeError) -> Response:

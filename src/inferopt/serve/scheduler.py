@@ -4,11 +4,13 @@ One worker thread owns the model. Each step it
 1. ends what was cancelled (a client gone) or is past its deadline, freeing their slots;
 2. admits waiting requests, oldest first, to free slots;
 3. runs one prefill chunk (at most `chunk_tokens` prompt tokens) of the oldest request still
-   in its prefill, so that a long prompt does not stall running streams for long;
+   in its prefill, so that a long prompt does not stall running streams for long; a prompt
+   whose first chunks were seen before starts past them (generative/prefix_cache.py);
 4. runs one batched decode step over every sequence past its prefill.
 A request joins at the next step, not when others finish (generative/slots.py batches rows of
 any length). Text reaches the asyncio side through a queue per request, as whole characters
-(generative/stream.py), stop strings held back (generative/generate.py).
+(generative/stream.py), stop strings held back (generative/generate.py), handed over once per
+step for all requests (one event-loop wake-up, not one a token).
 
 Admission: a request is refused at once (Overloaded, HTTP 429 with Retry-After) when no slot
 is free and `max_waiting` requests already wait, or the predicted wait passes its deadline
@@ -30,9 +32,11 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from inferopt.generative.generate import GenerationConfig, Generator, StopFilter
+from inferopt.generative.prefix_cache import PrefixCache
 from inferopt.generative.sampling import next_token
 from inferopt.generative.slots import SlotPool, slots_for_memory
 from inferopt.generative.stream import TextStreamer
+from inferopt.serve.config import ModelConfig
 from inferopt.serve.errors import NotReady, Overloaded
 
 log = logging.getLogger("inferopt.serve")
@@ -40,6 +44,7 @@ Reason = Literal["stop", "length", "deadline", "cancelled", "error"]
 Policy = Literal["continuous", "static"]
 STEP_EMA = 0.2  # weight of the newest decode step time in the running estimate
 FIRST_STEP_S = 0.05  # assumed step time before one is measured
+PREFIX_CACHE_TOKENS = ModelConfig.prefix_cache_tokens  # the server's default
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Finish:
     prompt_tokens: int
     completion_tokens: int
     message: str = ""
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 class Events(Protocol):
@@ -60,6 +66,7 @@ class Events(Protocol):
     def token(self, itl_s: float) -> None: ...
     def finished(self, finish: Finish) -> None: ...
     def rejected(self, reason: str) -> None: ...
+    def prefix(self, prompt_tokens: int, cached_tokens: int) -> None: ...
 
 
 class NoEvents:
@@ -67,6 +74,7 @@ class NoEvents:
     def token(self, itl_s: float) -> None: ...
     def finished(self, finish: Finish) -> None: ...
     def rejected(self, reason: str) -> None: ...
+    def prefix(self, prompt_tokens: int, cached_tokens: int) -> None: ...
 
 
 class Stream:
@@ -98,11 +106,28 @@ class Stream:
         """The whole text, once generation ends."""
         return "".join([piece async for piece in self])
 
-    def _put(self, item: str | Finish) -> None:  # from the worker thread
+
+Outbox = list[tuple[Stream, "str | Finish"]]
+
+
+def _deliver(items: Outbox) -> None:  # on the event loop
+    for stream, item in items:
+        stream._queue.put_nowait(item)
+
+
+def _send_all(outbox: Outbox) -> None:
+    """Hand `outbox` to the streams' event loops, one call per loop (from the worker thread):
+    each call wakes its loop through a pipe, so once a step costs less than once a token (on
+    tiny-llama, 8 streams in process: 14% more tokens/s, TPOT 0.43 -> 0.38 ms)."""
+    by_loop: dict[asyncio.AbstractEventLoop, Outbox] = {}
+    for stream, item in outbox:
+        by_loop.setdefault(stream._loop, []).append((stream, item))
+    for loop, items in by_loop.items():
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            loop.call_soon_threadsafe(_deliver, items)
         except RuntimeError:  # the event loop is closed: nobody is reading any more
-            self.cancelled = True
+            for stream, _ in items:
+                stream.cancelled = True
 
 
 @dataclass
@@ -116,7 +141,8 @@ class _Sequence:
     streamer: TextStreamer
     stops: StopFilter
     slot: int = -1
-    fed: int = 0  # prompt tokens prefilled
+    fed: int = 0  # prompt tokens in the slot (prefilled or from the prefix cache)
+    cached: int = 0  # of those, from the prefix cache
     last: int = -1  # the token to feed next step
     generated: int = 0
     last_token_at: float = 0.0
@@ -131,11 +157,13 @@ class Scheduler:
     every step; "static" only when every slot is free (a batch runs to its end before the
     next starts), kept to measure what continuous batching gains. max_wait_s: refuse a
     request whose predicted wait for a slot passes it (None: no limit), which bounds the
-    time to first token of those admitted.
+    time to first token of those admitted. prefix_cache_tokens: prompt tokens whose KV the
+    prefix cache keeps (0: no prefix caching), in blocks of chunk_tokens.
 
     Raises:
         InputError: the decoder cannot batch in place (SlotPool), or memory holds no slot.
-        ValueError: chunk_tokens or max_waiting below 1, an unknown policy.
+        ValueError: chunk_tokens or max_waiting below 1, prefix_cache_tokens below 0, an
+            unknown policy.
     """
 
     def __init__(
@@ -148,6 +176,7 @@ class Scheduler:
         events: Events | None = None,
         policy: Policy = "continuous",
         max_wait_s: float | None = None,
+        prefix_cache_tokens: int = PREFIX_CACHE_TOKENS,
     ) -> None:
         if chunk_tokens < 1 or (max_waiting is not None and max_waiting < 1):
             raise ValueError("chunk_tokens and max_waiting must be >= 1")
@@ -156,6 +185,7 @@ class Scheduler:
         self.generator = generator
         self.pool = SlotPool(generator, slots or slots_for_memory(generator))
         self.chunk_tokens = chunk_tokens
+        self.prefix = PrefixCache(self.pool, chunk_tokens, prefix_cache_tokens)
         self.policy = policy
         self.max_wait_s = max_wait_s
         self.max_waiting = max_waiting or 4 * self.pool.slots
@@ -164,6 +194,7 @@ class Scheduler:
         self._waiting: deque[_Sequence] = deque()
         self._active: dict[int, _Sequence] = {}  # slot -> sequence
         self._wake = threading.Condition()
+        self._outbox: Outbox = []  # text and finishes of this step (worker thread only)
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
@@ -256,18 +287,30 @@ class Scheduler:
                 if self._closing and not (self._waiting or self._active):
                     return
                 self._end_expired(time.monotonic())
-                self._admit()
-                prefilling = [s for s in self._active.values() if s.fed < len(s.ids)]
-                decoding = {slot: s for slot, s in self._active.items() if s.fed == len(s.ids)}
+                admitted = self._admit()
+            for seq in admitted:  # a copy of up to a whole context: not with the lock held
+                seq.fed = seq.cached = self.prefix.restore(seq.slot, seq.ids)
+                self._report(self.events.prefix, len(seq.ids), seq.cached)
+            # Only this thread changes _active: it reads it without the lock.
+            prefilling = [s for s in self._active.values() if s.fed < len(s.ids)]
+            decoding = {slot: s for slot, s in self._active.items() if s.fed == len(s.ids)}
+            self._flush()
             try:
                 if prefilling:
                     self._prefill(min(prefilling, key=lambda s: s.submitted))
+                    self._flush()  # a first token goes out now, not after the decode step
                 if decoding:
                     self._decode(decoding)
             except Exception as exc:  # a model failure ends these requests, not the server
                 with self._wake:
                     for seq in [*prefilling, *decoding.values()]:
                         self._end(seq, "error", f"generation failed: {exc}")
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            _send_all(outbox)
 
     def _end_expired(self, now: float) -> None:
         for seq in [*self._waiting, *self._active.values()]:
@@ -276,20 +319,26 @@ class Scheduler:
             elif seq.deadline is not None and now > seq.deadline:
                 self._end(seq, "deadline", "the request's deadline passed")
 
-    def _admit(self) -> None:
+    def _admit(self) -> list[_Sequence]:
+        """Waiting requests moved to free slots (lock held); their prefixes are not restored
+        yet."""
+        admitted: list[_Sequence] = []
         if self.policy == "static" and self._active:
-            return
+            return admitted
         free = [s for s in range(self.pool.slots) if s not in self._active]
         while free and self._waiting:
             seq = self._waiting.popleft()
             seq.slot = free.pop(0)  # the lowest free row keeps decode batches short
             self.pool.release(seq.slot)
             self._active[seq.slot] = seq
+            admitted.append(seq)
+        return admitted
 
     def _prefill(self, seq: _Sequence) -> None:
         chunk = seq.ids[seq.fed : seq.fed + self.chunk_tokens]
         logits = self.pool.prefill(seq.slot, np.asarray(chunk, dtype=np.int64))
         seq.fed += len(chunk)
+        self.prefix.store(seq.slot, seq.ids, seq.fed)
         if seq.fed == len(seq.ids):
             with self._wake:
                 self._emit(seq, logits)
@@ -326,17 +375,17 @@ class Scheduler:
         seq.last = token
         piece, stopped = seq.stops.feed(seq.streamer.push(token))
         if piece:
-            seq.stream._put(piece)
+            self._outbox.append((seq.stream, piece))
         if stopped:
             self._end(seq, "stop", flush=False)
         elif seq.generated >= c.max_new_tokens:
             self._end(seq, "length")
 
     @staticmethod
-    def _report(event: Callable[[Any], None], value: Any) -> None:
+    def _report(event: Callable[..., None], *values: Any) -> None:
         """A metrics callback that fails is logged: it must not stop generation."""
         try:
-            event(value)
+            event(*values)
         except Exception:
             log.exception("generation metrics callback failed")
 
@@ -346,9 +395,9 @@ class Scheduler:
         if flush and reason in ("stop", "length"):
             piece, _ = seq.stops.feed(seq.streamer.finish(), final=True)
             if piece:
-                seq.stream._put(piece)
-        finish = Finish(reason, len(seq.ids), seq.generated, message)
-        seq.stream._put(finish)
+                self._outbox.append((seq.stream, piece))
+        finish = Finish(reason, len(seq.ids), seq.generated, message, seq.cached)
+        self._outbox.append((seq.stream, finish))
         self._report(self.events.finished, finish)
         if self._active.get(seq.slot) is seq:
             del self._active[seq.slot]
