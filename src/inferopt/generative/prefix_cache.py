@@ -11,9 +11,9 @@ Blocks are the scheduler's prefill chunks (serve/scheduler.py feeds prompts in c
 `block` tokens from position 0), so a stored block holds exactly the numbers the same chunk
 would compute again: a hit gives the same tokens as a miss, bit for bit.
 
-A hit copies the blocks into the slot's rows of the pool's buffers (memory bandwidth: on
-smollm2-135m 46 KiB per token, about 1 ms per 64-token block) instead of running them
-(about 40 ms per 64-token chunk there; docs/serve.md "Prefix caching").
+A hit copies the blocks into the slot's rows of the pool's buffers instead of running them:
+on smollm2-135m (46 KiB per token) storing or restoring 256 tokens takes 0.5 ms, where
+prefilling one 64-token chunk takes 43 ms (docs/serve.md "Prefix caching").
 """
 
 from __future__ import annotations
