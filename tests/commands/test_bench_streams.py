@@ -55,6 +55,7 @@ def test_a_short_run_prints_and_writes_json_and_html(
     assert doc["target"] == {"url": fake.url, "model": "mixed", "api": "openai-chat"}
     assert doc["config"]["mode"] == "closed" and doc["config"]["level"] == 2
     assert doc["config"]["prompt_length"] == {"mean": 24.0, "stddev": 6.0}
+    assert doc["config"]["shared_prefix"] == 0 and doc["config"]["ignore_eos"] is False
     assert doc["prompts"]["unit"] == "words" and doc["prompts"]["count"] == 8
     assert doc["requests"] == {"total": 8, "ok": 8, "failed": 0}
     assert doc["throughput"]["output_tokens"] == 64
@@ -102,7 +103,7 @@ def test_exit_1_when_nothing_succeeds(
         (("--requests", "-1"), "--requests must be >= 1"),
         (("--prompt-tokens", "0"), "the prompt length must be >= 1"),
         (("--prompt-tokens", "long"), "--prompt-tokens must be MEAN or MEAN:STDDEV"),
-        (("--shared-prefix-tokens", "-3"), "the shared prefix must be >= 0"),
+        (("--shared-prefix-tokens", "-3"), "--shared-prefix-tokens must be >= 0"),
         (("--ttft-slo-ms", "-5"), "the TTFT SLO must be > 0 ms"),
         (("--tpot-slo-ms", "fast"), "--tpot-slo-ms must be a number"),
         (("--rate", "0"), "the rate must be > 0"),

@@ -4,7 +4,9 @@ cancelled and expired requests free their slots; a full pool refuses at once wit
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,9 @@ from inferopt.generative.export import export_causal_lm
 from inferopt.generative.generate import GenerationConfig, Generator
 from inferopt.serve.errors import NotReady, Overloaded
 from inferopt.serve.scheduler import Finish, Policy, Scheduler
+
+sys.path.insert(0, str(Path(__file__).parent))
+from generation_support import slowed_decode
 
 PROMPTS = ["The function returns", "import numpy as np", "a b c d e f g h i j " * 4, "x"]
 
@@ -157,10 +162,33 @@ def test_a_full_pool_refuses_at_once_with_a_wait(generator: Generator) -> None:
         finally:
             scheduler.close(timeout_s=0.5)
 
-    full, refused_in, late = asyncio.run(run())
+    with slowed_decode(0.002):  # the running one lasts 0.3 s: it holds its slot throughout
+        full, refused_in, late = asyncio.run(run())
     assert full.status == 429 and full.retry_after_header() is not None
     assert "busy" in full.message and refused_in < 0.05
     assert late.status == 429 and events.refusals == ["queue_full", "queue_full", "queue_wait"]
+
+
+def test_a_fresh_scheduler_predicts_waits_from_a_measured_step(generator: Generator) -> None:
+    config = GenerationConfig(max_new_tokens=100, ignore_eos=True)
+
+    async def run() -> tuple[str, float, float]:
+        scheduler = Scheduler(generator, slots=1, max_waiting=4)
+        first_step = scheduler.step_s
+        try:
+            ids = generator.prompt_ids("x")
+            running = scheduler.submit(ids, config)
+            started = time.monotonic()
+            # Its wait is the running one's 100 steps: well inside 2 s, so it is taken.
+            waiting = scheduler.submit(ids, config, deadline=started + 2.0)
+            await running.text()
+            text = await waiting.text()
+            return text, first_step, time.monotonic() - started
+        finally:
+            scheduler.close()
+
+    text, first_step, took = asyncio.run(run())
+    assert text and 0 < first_step < 0.05 and took < 2.0
 
 
 def test_deadline_stop_strings_and_budget_end_generations(generator: Generator) -> None:
@@ -189,12 +217,21 @@ def test_static_batching_waits_for_the_whole_batch(generator: Generator) -> None
         scheduler = Scheduler(generator, slots=2, policy=policy)
         try:
             ids = generator.prompt_ids("x")
-            first = scheduler.submit(ids, GenerationConfig(max_new_tokens=240))
+            first = scheduler.submit(ids, GenerationConfig(max_new_tokens=250, ignore_eos=True))
             async for _ in first:
                 break
             scheduler.submit(ids, GenerationConfig(max_new_tokens=2))
-            await asyncio.sleep(0.003)
-            during = scheduler.stats()  # a slot is free; only continuous batching uses it
+            # A slot is free; only continuous batching uses it, at its next step (polled, so
+            # that a slow machine's late step does not count as waiting). The first one still
+            # has over 200 steps to go when static batching is looked at.
+            if policy == "static":
+                await asyncio.sleep(0.006)
+            until = time.monotonic() + 0.02
+            while policy == "continuous" and time.monotonic() < until:
+                if not scheduler.stats()["waiting"]:
+                    break
+                await asyncio.sleep(0.001)
+            during = scheduler.stats()
             first.cancel()
             return during
         finally:

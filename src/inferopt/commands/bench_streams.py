@@ -115,7 +115,7 @@ def settings(args: argparse.Namespace) -> StreamConfig:
             tokenizer=args.tokenizer,
             seed=_whole(args.seed, "--seed"),
             ignore_eos=bool(args.ignore_eos),
-            shared_prefix=_whole(args.shared_prefix_tokens or "0", "--shared-prefix-tokens"),
+            shared_prefix=_at_least_0(args.shared_prefix_tokens or "0", "--shared-prefix-tokens"),
         )
     except ValueError as exc:
         raise BenchError(str(exc)) from None
@@ -126,6 +126,13 @@ def _whole(text: str, flag: str) -> int:
     if value != int(value):
         raise BenchError(f"{flag} must be a whole number, got {text!r}")
     return int(value)
+
+
+def _at_least_0(text: str, flag: str) -> int:
+    value = _whole(text, flag)
+    if value < 0:
+        raise BenchError(f"{flag} must be >= 0, got {text!r}")
+    return value
 
 
 def _count(text: str, flag: str) -> int:

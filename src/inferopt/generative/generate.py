@@ -256,7 +256,7 @@ class Generator:
             advice = (f"ask for at most {room} new tokens" if room else
                       "the prompt alone fills it, so shorten the prompt")  # fmt: skip
             raise InputError(
-                f"the prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"the prompt ({prompt_tokens} tokens) + {max_new_tokens} new tokens asked for = "
                 f"{prompt_tokens + max_new_tokens} tokens, more than {where}; {advice}"
             )
 

@@ -91,6 +91,8 @@ class StreamResult:
                 "level": c.load.level,
                 "arrival": c.load.arrival if c.load.mode == "open" else None,
                 "prompt_length": {"mean": c.prompt_length.mean, "stddev": c.prompt_length.stddev},
+                "shared_prefix": c.shared_prefix,
+                "ignore_eos": c.ignore_eos,
                 "max_tokens": c.max_tokens,
                 "max_requests": c.max_requests,
                 "duration_s": c.duration_s,

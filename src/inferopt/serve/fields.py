@@ -146,5 +146,7 @@ def _shown(value: Any) -> str:
     """A value as a refusal shows it: its JSON type, and the value when short."""
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
             dict: "object", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+    if value is None:
+        return kind  # "null None" says it twice
     shown = repr(value)
     return f"{kind} {shown}" if len(shown) <= 40 else kind

@@ -111,7 +111,8 @@ class GeneratorVersion:
             intra_op_threads=config.threads(), inter_op_threads=1, allow_spinning=True
         )
         generator = Generator(source.path.parent, session_config=session, last_logits=True)
-        prefix_bytes = config.prefix_cache_tokens * generator.layout.bytes_per_token()
+        prefix_tokens = config.prefix_cache_tokens // CHUNK_TOKENS * CHUNK_TOKENS  # whole blocks
+        prefix_bytes = prefix_tokens * generator.layout.bytes_per_token()
         slots = slots_for_memory(generator, cap=max(1, config.max_batch_size),
                                  reserved=prefix_bytes)  # fmt: skip
         waiting = max(1, config.max_queue_size - slots)
@@ -123,10 +124,10 @@ class GeneratorVersion:
         scheduler.events = GenerationEvents(metrics, families, scheduler.stats)
         chat_problem = _chat_problem(generator)
         log.info(
-            "model %s: %d KV-cache slots of %d tokens, up to %d requests waiting, a prefix "
-            "cache of %d tokens (%.0f MiB)%s",
+            "model %s: %d KV-cache slots of %d tokens, up to %d requests waiting, %s%s",
             source.name, slots, generator.layout.max_context, waiting,
-            config.prefix_cache_tokens, prefix_bytes / 2**20,
+            f"a prefix cache of {prefix_tokens} tokens ({prefix_bytes / 2**20:.0f} MiB)"
+            if prefix_tokens else "no prefix cache",
             "" if chat_problem is None else "; no chat completions",
         )  # fmt: skip
         return cls(source.name, source.version, generator, scheduler, config, metrics,

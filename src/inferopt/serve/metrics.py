@@ -346,7 +346,7 @@ class GenerationFamilies:
         # vLLM's prefix_cache_queries / prefix_cache_hits: their ratio is the hit rate.
         self.prefix_queries = Counter(
             "inferopt_prefix_cache_queries",
-            "Prompt tokens looked up in the prefix cache (every admitted prompt's)",
+            "Prompt tokens looked up in the prefix cache (admitted prompts, with the cache on)",
             labels,
             registry=r,
         )

@@ -162,7 +162,8 @@ def _job(
         raise InvalidField("n", f"must be 1: one choice per request is supported, got {n}")
     for key, neutral in _NEUTRAL.items():
         if body.get(key) is not None and body[key] not in neutral:
-            raise InvalidField(key, f"is not supported (only {neutral[0]!r})")
+            allowed = " or ".join(repr(value) for value in neutral)
+            raise InvalidField(key, f"is not supported (only {allowed})")
     config = fields.sampling(body, tokens)
     fields.checked_length(served.generator, ids, tokens, prompt_key, max_key)
     stream = fields.boolean(body, "stream")

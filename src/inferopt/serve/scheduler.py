@@ -34,7 +34,7 @@ import numpy as np
 from inferopt.generative.generate import GenerationConfig, Generator, StopFilter
 from inferopt.generative.prefix_cache import PrefixCache
 from inferopt.generative.sampling import next_token
-from inferopt.generative.slots import SlotPool, slots_for_memory
+from inferopt.generative.slots import DUMMY_TOKEN, SlotPool, slots_for_memory
 from inferopt.generative.stream import TextStreamer
 from inferopt.serve.config import ModelConfig
 from inferopt.serve.errors import NotReady, Overloaded
@@ -43,7 +43,6 @@ log = logging.getLogger("inferopt.serve")
 Reason = Literal["stop", "length", "deadline", "cancelled", "error"]
 Policy = Literal["continuous", "static"]
 STEP_EMA = 0.2  # weight of the newest decode step time in the running estimate
-FIRST_STEP_S = 0.05  # assumed step time before one is measured
 PREFIX_CACHE_TOKENS = ModelConfig.prefix_cache_tokens  # the server's default
 
 
@@ -190,7 +189,7 @@ class Scheduler:
         self.max_wait_s = max_wait_s
         self.max_waiting = max_waiting or 4 * self.pool.slots
         self.events: Events = events or NoEvents()
-        self.step_s = FIRST_STEP_S
+        self.step_s = self._first_step_s()
         self._waiting: deque[_Sequence] = deque()
         self._active: dict[int, _Sequence] = {}  # slot -> sequence
         self._wake = threading.Condition()
@@ -198,6 +197,21 @@ class Scheduler:
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
+
+    def _first_step_s(self) -> float:
+        """Seconds of one decode step over every slot, measured once before serving: the
+        admission's predicted waits need a step time from the first request on (a guess of
+        50 ms refused tiny-llama requests that would have waited 0.4 s, as 3.4 s away). Each
+        row takes a token at position 0 and is released again; the first of two runs warms
+        ONNX Runtime up, the second is timed."""
+        elapsed = 0.0
+        for _ in range(2):
+            start = time.perf_counter()
+            self.pool.decode(dict.fromkeys(range(self.pool.slots), DUMMY_TOKEN))
+            elapsed = time.perf_counter() - start
+            for slot in range(self.pool.slots):
+                self.pool.release(slot)
+        return elapsed
 
     # -- the asyncio side ----------------------------------------------------------------
 
@@ -289,8 +303,9 @@ class Scheduler:
                 self._end_expired(time.monotonic())
                 admitted = self._admit()
             for seq in admitted:  # a copy of up to a whole context: not with the lock held
-                seq.fed = seq.cached = self.prefix.restore(seq.slot, seq.ids)
-                self._report(self.events.prefix, len(seq.ids), seq.cached)
+                if self.prefix.capacity_blocks:  # off: no lookups to count
+                    seq.fed = seq.cached = self.prefix.restore(seq.slot, seq.ids)
+                    self._report(self.events.prefix, len(seq.ids), seq.cached)
             # Only this thread changes _active: it reads it without the lock.
             prefilling = [s for s in self._active.values() if s.fed < len(s.ids)]
             decoding = {slot: s for slot, s in self._active.items() if s.fed == len(s.ids)}
