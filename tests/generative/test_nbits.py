@@ -46,12 +46,13 @@ def test_min_max_blocks_reproduce_a_4bit_affine_grid_exactly() -> None:
     np.testing.assert_allclose(back.reshape(n, k).T, weight, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("level", [1, 4])
-def test_offset_form_gives_the_grid_weights_product(level: int) -> None:
-    """Two weights reading one x (one block sum between them), K not a whole number of
-    blocks (80 = 2.5 x 32): fp32 compute gives x @ W to float rounding; int8 compute within
-    its activation quantization."""
-    k, block = 80, 32
+@pytest.mark.parametrize(("level", "k"), [(1, 80), (4, 80), (1, 1088), (4, 1088)])
+def test_offset_form_gives_the_grid_weights_product(level: int, k: int) -> None:
+    """Two weights reading one x (one block sum between them). K = 80 is not a whole number
+    of blocks (2.5 x 32); K = 1088 is 34 blocks, so at level 4 the offsets fold into the
+    integer kernel with block sums over two padded blocks. fp32 compute gives x @ W to float
+    rounding; int8 compute within its activation quantization."""
+    block = 32
     weights = {"a": _q4_1_grid(k, 24, block, seed=1), "b": _q4_1_grid(k, 8, block, seed=2)}
     model = _model(
         [helper.make_node("MatMul", ["x", f"w{y}"], [y], name=f"mm{y}") for y in weights],
@@ -60,9 +61,15 @@ def test_offset_form_gives_the_grid_weights_product(level: int) -> None:
     )  # fmt: skip
     model = offset_form(model, {"mma", "mmb"}, 4, block, level)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 3  # 1 block sum, 2 offsets
+    folded = level == 4 and k % block == 0
+    if folded:  # 1 block sum and its Concat, no offset MatMul or Add
+        assert ops.count("MatMul") == 1 and ops.count("Concat") == 1 and "Add" not in ops
+    else:  # 1 block sum, 2 offsets, 2 Adds
+        assert ops.count("MatMul") == 3 and ops.count("Add") == 2
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert all(len(n.input) == 3 for n in nbits)  # symmetric: ORT's integer kernel
+    assert len(nbits) == 2 and all(len(n.input) == 3 for n in nbits)  # ORT's integer kernel
+    extra = 2 * 64 if folded else 0  # 34 block sums take 2 blocks, twice
+    assert {a.i for n in nbits for a in n.attribute if a.name == "K"} == {k + extra}
     x = np.random.default_rng(3).standard_normal((2, 3, k)).astype(np.float32)
     found = dict(zip(weights, create_session(model).run(list(weights), {"x": x}), strict=True))
     for y, w in weights.items():

@@ -13,6 +13,7 @@ from inferopt.errors import InputError
 from inferopt.generative.fidelity import FidelityConfig, ReferenceRun, measure_fidelity
 from inferopt.generative.generate import GenerationConfig, Generator
 from inferopt.generative.mixed import choose_int8_nodes, sensitivities
+from inferopt.generative.packing import pack_siblings
 from inferopt.generative.w8a8 import W8A8
 from inferopt.generative.weightonly import (
     WeightOnly,
@@ -70,8 +71,10 @@ def test_each_algorithm_writes_matmulnbits_and_keeps_fidelity(
     nbits = [n for n in _ops(out) if n.op_type == "MatMulNBits"]
     source = onnx.load(str(zoo_tiny_llama_artifact / "model.onnx"))
     planes = [n for n in nbits if n.name.endswith(("_HighPlane", "_LowPlane"))]
-    # every weight MatMul, lm_head included; an 8-bit one computed in fp32 as two 4-bit planes
-    assert len(nbits) == len(weight_matmuls(source)) + len(planes) // 2
+    # every weight MatMul, lm_head included, siblings reading one input packed into one
+    # (generative/packing.py); an 8-bit one computed in fp32 as two 4-bit planes
+    _, packed = pack_siblings(source, [n.name for n in weight_matmuls(source)])
+    assert len(nbits) == len(packed) + len(planes) // 2
     head = [n for n in nbits if n.output[0] == "logits" or n.name.startswith("/lm_head")]
     assert {_attr(n, "accuracy_level") for n in nbits if n not in head} == {pass_.accuracy_level}
     head_level = pass_.lm_head_accuracy_level or pass_.accuracy_level
@@ -130,8 +133,11 @@ def test_mixed_precision_keeps_the_most_sensitive_layer_at_int8(
     out = WeightOnly(int8_nodes=nodes).apply(zoo_tiny_llama_artifact, tmp_path / "mixed")
     bits = {n.name.removesuffix("_Q8").removesuffix("_Q4"): _attr(n, "bits")
             for n in _ops(out) if n.op_type == "MatMulNBits"}  # fmt: skip
-    assert all(bits[name] == 8 for name in nodes)
-    assert sum(b == 4 for b in bits.values()) == len(bits) - len(nodes) - 1  # lm_head int8
+    # the int8 layer's gate and up projections are packed into one MatMulNBits, as at 4 bits
+    source = onnx.load(str(zoo_tiny_llama_artifact / "model.onnx"))
+    _, eight = pack_siblings(source, nodes)
+    assert all(bits[name] == 8 for name in eight)
+    assert sum(b == 4 for b in bits.values()) == len(bits) - len(eight) - 1  # lm_head int8
 
 
 def test_w8a8_with_and_without_smoothing(

@@ -11,6 +11,13 @@ change to the weights' values.
    where blocksum(x) [..., K/block] sums x over each block (a MatMul by a 0/1 matrix, shared
    by every weight reading the same x) and offsets is float32 [K/block, N]. The integer part
    takes ORT's fast symmetric kernel; the offsets read 1 extra bit per weight.
+   At accuracy_level 4, where the activations are rounded to int8 anyway, the offsets go into
+   the integer kernel too (the *folded* form): x' = [x, blocksum(x), blocksum(x)] (each block
+   sum part padded to whole blocks) and K' = K + 2P rows, the extra ones holding the offsets
+   as 8-bit codes c = 16*hi + lo split over two 4-bit blocks with scales 16s and s, as in 2.
+   One MatMulNBits per weight and one Concat per input instead of a MatMul and an Add per
+   weight: 4% faster decode on SmolLM2-135M (rtn-float, 11 interleaved rounds), the offsets
+   within max|offset|/238 of their value, same-top-1 0.952 against 0.954.
 2. **Nibble planes** for 8-bit blocks computed in fp32 (accuracy_level 0 or 1). ORT 1.32's
    CPU kernel for that case dequantizes the whole weight per call: 67 ms on the 576x49152
    lm_head of SmolLM2, against 0.6 ms for 4 bits. An 8-bit code q = 16*hi + lo (and its zero
@@ -32,6 +39,7 @@ from onnx import helper, numpy_helper
 
 # Suffixes of the node names written here: weight_matmuls and weight_traffic recognise them.
 BLOCKSUM, OFFSETS, LOW_PLANE = "_BlockSum", "_Offsets", "_LowPlane"
+FOLDED_LEVEL = 4  # the accuracy_level whose int8 activations the folded form joins
 
 
 def quantize_blocks(
@@ -84,6 +92,11 @@ def offset_form(
         codes, scales, zeros = quantize_blocks(weight, bits, block)
         base, x, y = node.input[1], node.input[0], node.output[0]
         offsets = ((2 ** (bits - 1) - zeros) * scales).reshape(n, -1).T  # [K/block, N]
+        if level == FOLDED_LEVEL and bits == 4 and k % block == 0:
+            if (x, k) not in sums:
+                sums[x, k] = _extended(model, kept, x, k, block)
+            kept.append(_folded(model, node, sums[x, k], codes, scales, offsets, block))
+            continue
         if (x, k) not in sums:
             sums[x, k] = _block_sum(model, kept, x, k, block)
         model.graph.initializer.extend([
@@ -103,16 +116,77 @@ def offset_form(
     return model
 
 
+def _extended(
+    model: onnx.ModelProto, kept: list[onnx.NodeProto], x: str, k: int, block: int
+) -> str:
+    """Append x' = [x, s, s], s = x @ E (E float32 [K, P]: 1 where row k is in block k//block,
+    P the block count padded to whole blocks, its padding columns 0): [..., K + 2P]."""
+    blocks = k // block
+    padded = block * -(-blocks // block)
+    shared = f"BlockIndicator_{k}x{padded}"
+    if shared not in {i.name for i in model.graph.initializer}:
+        indicator = np.zeros((k, padded), dtype=np.float32)
+        indicator[np.arange(k), np.arange(k) // block] = 1.0
+        model.graph.initializer.append(numpy_helper.from_array(indicator, shared))
+    name = f"{x}_blocks{block}"
+    kept.extend([
+        helper.make_node("MatMul", [x, shared], [f"{name}_sum"], name=name + BLOCKSUM),
+        helper.make_node("Concat", [x, f"{name}_sum", f"{name}_sum"], [f"{name}_extended"],
+                         name=f"{name}_Extend", axis=-1),
+    ])  # fmt: skip
+    return f"{name}_extended"
+
+
+def _folded(
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    extended: str,
+    codes: np.ndarray,
+    scales: np.ndarray,
+    offsets: np.ndarray,
+    block: int,
+) -> onnx.NodeProto:
+    """One 4-bit MatMulNBits over x' = [x, s, s] (_extended): codes and scales [N, K/block]
+    for x, then per column the offsets [K/block] as 8-bit codes c with scale t, value
+    t*(c - 136) = 16t*(hi - 8) + t*(lo - 8): hi nibbles in the first s part (scale 16t), lo
+    nibbles in the second (scale t); padding rows take code 8, value 0."""
+    n, blocks = codes.shape[0], codes.shape[1]
+    padded = block * -(-blocks // block)
+    columns = offsets.T  # [N, K/block]
+    t = np.abs(columns).max(axis=1) / 119.0  # c - 136 in [-119, 119]
+    t[t == 0] = 1.0
+    c = (np.rint(columns / t[:, None]) + 136).astype(np.uint8)
+    hi, lo = np.full((2, n, padded), 8, dtype=np.uint8)
+    hi[:, :blocks], lo[:, :blocks] = c >> 4, c & 15
+    extra = pack(np.concatenate([hi, lo], axis=1).reshape(n, -1, block), 4)
+    parts = padded // block
+    all_scales = np.concatenate(
+        [scales.reshape(n, blocks), np.repeat(16 * t[:, None], parts, 1),
+         np.repeat(t[:, None], parts, 1)], axis=1,
+    )  # fmt: skip
+    base = node.input[1]
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.concatenate([codes, extra], axis=1), f"{base}_Q4"),
+        numpy_helper.from_array(all_scales.reshape(-1).astype(np.float32), f"{base}_scales"),
+    ])  # fmt: skip
+    k = blocks * block + 2 * padded
+    inputs = [extended, f"{base}_Q4", f"{base}_scales"]
+    return _nbits(node.name, inputs, node.output[0], k, n, 4, block, FOLDED_LEVEL)
+
+
 def _block_sum(
     model: onnx.ModelProto, kept: list[onnx.NodeProto], x: str, k: int, block: int
 ) -> str:
     """Append x @ E (E float32 [K, K/block], 1 where row k is in block k//block): the sum of
-    x over each block, [..., ceil(K/block)]. One MatMul, so any leading shape passes."""
-    indicator = np.zeros((k, -(-k // block)), dtype=np.float32)
-    indicator[np.arange(k), np.arange(k) // block] = 1.0
+    x over each block, [..., ceil(K/block)]. One MatMul, so any leading shape passes. Every
+    block sum of the same K and block reads one E, which then stays in the CPU's cache."""
+    shared = f"BlockIndicator_{k}x{block}"
+    if shared not in {i.name for i in model.graph.initializer}:
+        indicator = np.zeros((k, -(-k // block)), dtype=np.float32)
+        indicator[np.arange(k), np.arange(k) // block] = 1.0
+        model.graph.initializer.append(numpy_helper.from_array(indicator, shared))
     name = f"{x}_blocks{block}"
-    model.graph.initializer.append(numpy_helper.from_array(indicator, f"{name}_indicator"))
-    kept.append(helper.make_node("MatMul", [x, f"{name}_indicator"], [f"{name}_sum"],
+    kept.append(helper.make_node("MatMul", [x, shared], [f"{name}_sum"],
                                  name=name + BLOCKSUM))  # fmt: skip
     return f"{name}_sum"
 

@@ -60,7 +60,7 @@ VARIANTS: dict[str, Callable[[], WeightOnly | W8A8 | None]] = {
 DEFAULT_VARIANTS = ("fp32", "int8-weight", "int8-weight-fp32-compute", "int4-weight",
                     "int4-weight-float-zp", "int4-weight-mixed", "w8a8")  # fmt: skip
 OUTCOME = "outcome.json"
-BUILD = "2"  # bump when what an outcome records changes meaning
+BUILD = "3"  # bump when what an outcome records changes meaning
 
 
 @dataclass(frozen=True)

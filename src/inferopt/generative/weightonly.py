@@ -43,6 +43,7 @@ from inferopt.generative.calibration import CalibrationText
 from inferopt.generative.embedding import drop_unused, quantize_embedding, tie_embedding
 from inferopt.generative.kv import KvLayout
 from inferopt.generative.nbits import BLOCKSUM, OFFSETS, nibble_planes, offset_form
+from inferopt.generative.packing import pack_siblings
 
 Algorithm = Literal["rtn", "rtn-float", "hqq", "k-quant", "gptq"]
 ALGORITHMS: tuple[str, ...] = ("rtn", "rtn-float", "hqq", "k-quant", "gptq")
@@ -268,7 +269,10 @@ def _quantize(
     nodes: list[str],
     source: Path,
 ) -> onnx.ModelProto:
-    """`nodes` of `model` as MatMulNBits of `bits` with `algorithm`; others untouched."""
+    """`nodes` of `model` as MatMulNBits of `bits` with `algorithm`; others untouched. Nodes
+    reading the same input are packed into one first (generative/packing.py)."""
+    model, packed = pack_siblings(model, nodes)
+    nodes = [n.name for n in model.graph.node if n.name in packed]
     if algorithm == "rtn-float":
         model = offset_form(model, set(nodes), bits, pass_.block_size, pass_.accuracy_level)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
