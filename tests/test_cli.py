@@ -83,6 +83,27 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "axis must be >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["generate", "m", "--prompt", "hi", "--max-new-tokens", "x"], "--max-new-tokens"),
+        (["bench", "127.0.0.1:1", "--concurrency", "2"], "--model"),
+        (["nope"], "'nope'"),
+        (["zoo", "export", "no-such-model", "--out", "o.onnx"], "'no-such-model'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_argument(
+    capsys: pytest.CaptureFixture[str], argv: list[str], named: str
+) -> None:
+    """argparse's own errors, as the commands' errors: one line, exit 2, no usage block."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err and "usage:" not in err, err
+    assert err.startswith("inferopt") and err.rstrip().endswith("--help)")
+
+
 def test_axis_overrides_are_saved(tmp_path: Path) -> None:
     out = tmp_path / "f.onnx"
     assert _run("export", "factories:good", "--out", str(out), "--no-latency").returncode == 0

@@ -14,11 +14,11 @@ from rich.table import Table
 from rich.text import Text
 
 from inferopt import __version__, hardware, zoo
+from inferopt.commands.parser import EXIT_USAGE, Parser
 from inferopt.errors import InferoptError, InputError
 from inferopt.model import Model
 
 console = Console()
-EXIT_USAGE = 2
 KEEP = object()  # non-string default: argparse does not pass it through `type`
 
 
@@ -153,7 +153,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="inferopt",
         description="Make a trained model cheaper to run: import, optimize, measure, serve.",
     )

@@ -143,7 +143,12 @@ def _count(text: str, flag: str) -> int:
 
 
 def _slo(text: str | None, flag: str) -> float | None:
-    return None if text is None else number_arg(text, flag)
+    if text is None:
+        return None
+    value = number_arg(text, flag)
+    if not value > 0:
+        raise BenchError(f"{flag} must be > 0 ms, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,13 +18,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from inferopt.commands.parser import EXIT_USAGE, Parser
 from inferopt.errors import InferoptError
 from inferopt.serve.config import ModelConfig, ServerConfig
 from inferopt.serve.errors import ConfigError
 from inferopt.serve.rayconfig import RaySettings, repository_revision, serve_config
 
 TOKEN_ENV = "INFEROPT_MANAGEMENT_TOKEN"
-EXIT_USAGE = 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -260,7 +260,7 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m inferopt.serve`: the subcommand on its own, with the CLI's error style."""
-    parser = argparse.ArgumentParser(prog="inferopt serve", description=__doc__)
+    parser = Parser(prog="inferopt serve", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -54,8 +54,8 @@ class PromptLength:
         try:
             return cls(float(mean), float(stddev) if sep else 0.0)
         except ValueError as exc:
-            if "must be" in str(exc):
-                raise
+            if "must be" in str(exc):  # a number out of range: say which flag it came from
+                raise ValueError(f"--prompt-tokens {text!r}: {exc}") from None
             raise ValueError(f"--prompt-tokens must be MEAN or MEAN:STDDEV, got {text!r}") from None
 
     def draw(self, count: int, seed: int) -> list[int]:
