@@ -57,7 +57,7 @@ def pack_siblings(model: onnx.ModelProto, nodes: Iterable[str]) -> tuple[onnx.Mo
             kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
-    packed_names = {g[0].name + PACKED for g in packs.values()}
+    packed_names = {_name(g[0]) for g in packs.values()}
     return model, (wanted - {n.name for g in packs.values() for n in g}) | packed_names
 
 
@@ -65,7 +65,7 @@ def _packed(
     model: onnx.ModelProto, siblings: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]
 ) -> list[onnx.NodeProto]:
     weights = [numpy_helper.to_array(inits[n.input[1]]) for n in siblings]
-    name = siblings[0].name + PACKED
+    name = _name(siblings[0])
     model.graph.initializer.extend([
         numpy_helper.from_array(np.concatenate(weights, axis=1), f"{name}_weight"),
         numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{name}_split"),
@@ -79,6 +79,12 @@ def _packed(
             name=f"{name}_Split", axis=-1,
         ),
     ]  # fmt: skip
+
+
+def _name(first: onnx.NodeProto) -> str:
+    """The packed node's name: its first sibling's, or that one's output (always unique) when
+    the exporter left nodes unnamed."""
+    return (first.name or first.output[0]) + PACKED
 
 
 def _opset(model: onnx.ModelProto) -> int:
