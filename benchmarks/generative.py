@@ -68,10 +68,11 @@ INT4 = "int4-weight rtn"
 INT8_FP32 = "int8-weight rtn, fp32 compute"
 INT4_FLOAT = "int4-weight rtn-float"
 INT4_FLOAT_HEAD = "int4-weight rtn-float, lm_head fp32 compute"
+INT4_FLOAT_FP32 = "int4-weight rtn-float, fp32 compute (GGUF grids kept exactly)"
 MIXED = "int4-weight rtn, mixed int8"
 W8A8_ROW = "W8A8 (dynamic int8)"
 BUILDER = "ORT GenAI builder int4"
-INT4_ROWS = (INT4, INT4_FLOAT, INT4_FLOAT_HEAD, MIXED, BUILDER)
+INT4_ROWS = (INT4, INT4_FLOAT, INT4_FLOAT_HEAD, INT4_FLOAT_FP32, MIXED, BUILDER)
 INT8_ROWS = (INT8, INT8_FP32)
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -189,6 +190,7 @@ def build(work: Path, quick: bool, skipped: dict[str, str]) -> list[Candidate]:
     timed(INT4, pass_(WeightOnly()))
     timed(INT4_FLOAT, pass_(WeightOnly(algorithm="rtn-float")))
     timed(INT4_FLOAT_HEAD, pass_(WeightOnly(algorithm="rtn-float", lm_head_accuracy_level=1)))
+    timed(INT4_FLOAT_FP32, pass_(WeightOnly(algorithm="rtn-float", accuracy_level=1)))
 
     mixed = _optional("inferopt.generative.mixed", "choose_int8_nodes", skipped, MIXED)
     if mixed is not None:

@@ -8,7 +8,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inferopt.generative.nbits import nibble_planes, offset_form, pack, quantize_blocks
+from inferopt.generative.nbits import (
+    max_abs_blocks,
+    nibble_planes,
+    offset_form,
+    pack,
+    quantize_blocks,
+)
 from inferopt.runtime import create_session
 
 
@@ -116,3 +122,17 @@ def test_nibble_planes_leave_int8_compute_alone() -> None:
 
 def test_pack_puts_the_low_nibble_first() -> None:
     assert pack(np.array([1, 2, 15, 0], np.uint8), 4).tolist() == [0x21, 0x0F]
+
+
+def test_max_abs_blocks_reproduce_a_q8_0_grid_exactly() -> None:
+    """GGUF's Q8_0: per block of 32, d = amax/127 and w = d*q, q in [-127, 127]."""
+    k, n, block = 96, 5, 32
+    rng = np.random.default_rng(5)
+    q = rng.integers(-127, 128, (n, k // block, block))
+    q[..., 0] = 127  # the block's max-abs code, as Q8_0 writes it
+    d = rng.uniform(1e-3, 1e-2, (n, k // block, 1)).astype(np.float32)
+    weight = (d * q).reshape(n, k).T.astype(np.float32)
+    codes, scales = max_abs_blocks(weight, 8, block)
+    back = (codes.astype(np.float32) - 128) * scales.reshape(n, -1, 1)
+    np.testing.assert_array_equal(codes.astype(np.int64) - 128, q)
+    np.testing.assert_allclose(back.reshape(n, k).T, weight, rtol=1e-6, atol=0)

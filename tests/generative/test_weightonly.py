@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from inferopt.errors import InputError
-from inferopt.generative.fidelity import FidelityConfig, ReferenceRun, measure_fidelity
+from inferopt.generative.fidelity import FidelityConfig, ReferenceRun, _prefill, measure_fidelity
 from inferopt.generative.generate import GenerationConfig, Generator
 from inferopt.generative.mixed import choose_int8_nodes, sensitivities
 from inferopt.generative.packing import pack_siblings
@@ -18,6 +20,7 @@ from inferopt.generative.w8a8 import W8A8
 from inferopt.generative.weightonly import (
     WeightOnly,
     lm_head_node,
+    save_files,
     weight_matmuls,
 )
 
@@ -189,3 +192,53 @@ def test_quantized_artifacts_run_unchanged_in_onnxruntime_genai(
     theirs = og_greedy(out, prompt, 16)
     eos = [i for i, t in enumerate(theirs) if t in gen.eos_ids]
     assert ours == theirs[: eos[0] if eos else None]
+
+
+def _on_gguf_grids(source: Path, out: Path) -> Path:
+    """`source` with its weights moved onto the grids a GGUF file stores: Q4_1 blocks of 32
+    along K (w = d*q + m, q in 0..15) for the layers, Q8_0 (w = d*q, d = amax/127) for the
+    lm_head, as the zoo's smollm2-135m has them."""
+    model = onnx.load(str(source / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    head = lm_head_node(model)
+    for node in weight_matmuls(model):
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        k, n = w.shape
+        blocks = w.T.reshape(n, k // 32, 32)
+        if node.name == head:
+            d = np.abs(blocks).max(axis=2, keepdims=True) / 127
+            snapped = np.rint(blocks / d) * d
+        else:
+            low = blocks.min(axis=2, keepdims=True)
+            d = (blocks.max(axis=2, keepdims=True) - low) / 15
+            snapped = np.rint((blocks - low) / d) * d + low
+        inits[node.input[1]].CopyFrom(
+            numpy_helper.from_array(snapped.reshape(n, k).T.astype(np.float32), node.input[1])
+        )
+    out.mkdir()
+    onnx.save_model(model, str(out / "model.onnx"), save_as_external_data=True,
+                    location="model.onnx.data")  # fmt: skip
+    save_files(source, out, {"pass": "test: GGUF grids"})
+    return out
+
+
+def test_rtn_float_in_fp32_reproduces_a_gguf_model(
+    zoo_tiny_llama_artifact: Path, tmp_path: Path
+) -> None:
+    """Weights already on GGUF grids (Q4_1 layers, Q8_0 lm_head) come back exactly from
+    rtn-float at fp32 compute: the float zero points keep Q4_1, the max-abs 8-bit lm_head
+    keeps Q8_0 (rtn's integer zero points would not)."""
+    grids = _on_gguf_grids(zoo_tiny_llama_artifact, tmp_path / "grids")
+    ids = np.array([[5, 17, 42, 99, 7, 3, 250, 11]], dtype=np.int64)
+    reference = _prefill(Generator(grids), ids)
+    for pass_, worst in (
+        (WeightOnly(algorithm="rtn-float", accuracy_level=1), 1e-5),
+        (WeightOnly(accuracy_level=1), 1e-2),  # rtn: integer zero points shift the grids
+    ):
+        out = pass_.apply(grids, tmp_path / pass_.describe().replace(" ", "-"))
+        found = _prefill(Generator(out), ids)
+        error = float(np.abs(found - reference).max() / np.abs(reference).max())
+        if pass_.algorithm == "rtn-float":
+            assert error < worst, error
+        else:
+            assert error > worst, error  # the check can see a shifted grid

@@ -95,7 +95,8 @@ def add_parser(subparsers: Any) -> None:
     search.add_argument(
         "--variants", metavar="LIST",
         help="generators: comma-separated variants to try (default: fp32, int8-weight, "
-        "int8-weight-fp32-compute, int4-weight, int4-weight-float-zp, int4-weight-mixed, w8a8; "
+        "int8-weight-fp32-compute, int4-weight, int4-weight-float-zp, "
+        "int4-weight-float-zp-fp32-compute, int4-weight-mixed, w8a8; "
         "also int4-weight-hqq)",
     )  # fmt: skip
     search.add_argument("--no-training", action="store_true",

@@ -68,6 +68,52 @@ def quantize_blocks(
     )
 
 
+def max_abs_blocks(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """A MatMul weight (float32 [K, N]) as symmetric blocks: scale = max|w| / (2^(bits-1) - 1)
+    per block, code = round(w / scale) + 2^(bits-1), so w = (code - 2^(bits-1)) * scale with
+    MatMulNBits' default zero point. At 8 bits this is GGUF's Q8_0 grid (d = amax/127), which
+    it reproduces exactly.
+
+    Returns (codes uint8 [N, ceil(K/block), block*bits/8] packed as MatMulNBits' B, scales
+    float32 [N*blocks]). K is padded to whole blocks with code 2^(bits-1), the value 0."""
+    k, n = weight.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), dtype=np.float32)
+    padded[:k] = weight
+    grouped = padded.T.reshape(n, blocks, block)
+    top, middle = 2 ** (bits - 1) - 1, 2 ** (bits - 1)
+    scales = np.abs(grouped).max(axis=2) / top
+    scales[scales == 0] = 1.0  # an all-zero block: any scale is exact, keep it finite
+    q = np.clip(np.rint(grouped / scales[..., None]), -top, top) + middle
+    return pack(q.astype(np.uint8), bits), scales.reshape(-1).astype(np.float32)
+
+
+def max_abs_form(
+    model: onnx.ModelProto, nodes: set[str], bits: int, block: int, level: int
+) -> onnx.ModelProto:
+    """The MatMul `nodes` of `model` (float32 weights [K, N]) as symmetric max-abs blocks
+    (max_abs_blocks) in MatMulNBits with no zero point; `level` is their accuracy_level."""
+    inits = {i.name: i for i in model.graph.initializer}
+    kept: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.name not in nodes:
+            kept.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        k, n = weight.shape
+        codes, scales = max_abs_blocks(weight, bits, block)
+        base = node.input[1]
+        model.graph.initializer.extend([
+            numpy_helper.from_array(codes, f"{base}_Q{bits}"),
+            numpy_helper.from_array(scales, f"{base}_scales"),
+        ])  # fmt: skip
+        inputs = [node.input[0], f"{base}_Q{bits}", f"{base}_scales"]
+        kept.append(_nbits(node.name, inputs, node.output[0], k, n, bits, block, level))
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes [..., n] (each < 2**bits) packed low bits first; n even at 4 bits."""
     if bits == 4:

@@ -53,12 +53,17 @@ VARIANTS: dict[str, Callable[[], WeightOnly | W8A8 | None]] = {
     "int8-weight-fp32-compute": lambda: WeightOnly(bits=8, accuracy_level=1),
     "int4-weight": lambda: WeightOnly(),
     "int4-weight-float-zp": lambda: WeightOnly(algorithm="rtn-float"),
+    # A GGUF model's own Q4_1/Q8_0 grids at fp32 compute: its logits to float rounding
+    "int4-weight-float-zp-fp32-compute": lambda: WeightOnly(
+        algorithm="rtn-float", accuracy_level=1
+    ),
     "int4-weight-hqq": lambda: WeightOnly(algorithm="hqq"),
     "int4-weight-mixed": lambda: WeightOnly(),  # int8 layers chosen by sensitivity
     "w8a8": lambda: W8A8(),  # smoothing alpha 0.5: +16% perplexity on smollm2, none +69%
 }
 DEFAULT_VARIANTS = ("fp32", "int8-weight", "int8-weight-fp32-compute", "int4-weight",
-                    "int4-weight-float-zp", "int4-weight-mixed", "w8a8")  # fmt: skip
+                    "int4-weight-float-zp", "int4-weight-float-zp-fp32-compute",
+                    "int4-weight-mixed", "w8a8")  # fmt: skip
 OUTCOME = "outcome.json"
 BUILD = "3"  # bump when what an outcome records changes meaning
 

@@ -20,9 +20,11 @@ Algorithms (ORT's quantizer, `onnxruntime.quantization.matmul_nbits_quantizer`, 
 - `gptq`: GPTQ (Frantar et al. 2022) with calibration text (the corpus's training split).
 
 The lm_head (the MatMul producing `logits`) may stay in float or take 8 bits while the rest
-takes 4; the embedding table (a Gather) may stay in float or take `GatherBlockQuantized`
-blocks. Mixed precision names MatMul nodes kept at 8 bits (see generative/mixed.py, which
-chooses them by measured sensitivity).
+takes 4 (rtn's 8-bit blocks; in a rtn-float pass, symmetric max-abs blocks, GGUF's Q8_0
+grid, so a GGUF model's Q4_1 layers and Q8_0 lm_head both come back exactly); the
+embedding table (a Gather) may stay in float or take `GatherBlockQuantized` blocks. Mixed
+precision names MatMul nodes kept at 8 bits (see generative/mixed.py, which chooses them by
+measured sensitivity).
 """
 
 from __future__ import annotations
@@ -42,11 +44,18 @@ from inferopt.errors import InputError
 from inferopt.generative.calibration import CalibrationText
 from inferopt.generative.embedding import drop_unused, quantize_embedding, tie_embedding
 from inferopt.generative.kv import KvLayout
-from inferopt.generative.nbits import BLOCKSUM, OFFSETS, nibble_planes, offset_form
+from inferopt.generative.nbits import (
+    BLOCKSUM,
+    OFFSETS,
+    max_abs_form,
+    nibble_planes,
+    offset_form,
+)
 from inferopt.generative.packing import pack_siblings
 
 Algorithm = Literal["rtn", "rtn-float", "hqq", "k-quant", "gptq"]
 ALGORITHMS: tuple[str, ...] = ("rtn", "rtn-float", "hqq", "k-quant", "gptq")
+MAX_ABS = "max-abs"  # symmetric 8-bit blocks: rtn-float's companion for its 8-bit nodes
 HeadChoice = Literal["same", "int8", "keep"]
 EmbeddingChoice = Literal["keep", "int4", "tied"]
 MODEL_FILE = "model.onnx"
@@ -239,7 +248,9 @@ def _groups(
     model: onnx.ModelProto, pass_: WeightOnly, skip: frozenset[str]
 ) -> dict[tuple[int, str], list[str]]:
     """Node names per (bits, algorithm): the lm_head and mixed-precision nodes take 8 bits
-    with rtn (8-bit blocks lose little whatever the algorithm), the rest the pass's own."""
+    with rtn (8-bit blocks lose little whatever the algorithm), or with symmetric max-abs
+    blocks in a rtn-float pass (GGUF's Q8_0 grid, which rtn's integer zero points would
+    shift); the rest the pass's own."""
     head = lm_head_node(model)
     names = [n.name for n in weight_matmuls(model)]
     unknown = set(pass_.int8_nodes) - set(names)
@@ -257,7 +268,8 @@ def _groups(
         else:
             main.append(name)
     groups: dict[tuple[int, str], list[str]] = {(pass_.bits, pass_.algorithm): main}
-    groups.setdefault((8, "rtn"), []).extend(eight)  # int8-weight rtn: one group of all
+    companion = MAX_ABS if pass_.algorithm == "rtn-float" else "rtn"
+    groups.setdefault((8, companion), []).extend(eight)  # int8-weight rtn: one group of all
     return groups
 
 
@@ -273,8 +285,9 @@ def _quantize(
     reading the same input are packed into one first (generative/packing.py)."""
     model, packed = pack_siblings(model, nodes)
     nodes = [n.name for n in model.graph.node if n.name in packed]
-    if algorithm == "rtn-float":
-        model = offset_form(model, set(nodes), bits, pass_.block_size, pass_.accuracy_level)
+    if algorithm in ("rtn-float", MAX_ABS):
+        form = offset_form if algorithm == "rtn-float" else max_abs_form
+        model = form(model, set(nodes), bits, pass_.block_size, pass_.accuracy_level)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         drop_unused(model)
