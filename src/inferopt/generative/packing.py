@@ -47,13 +47,14 @@ def pack_siblings(model: onnx.ModelProto, nodes: Iterable[str]) -> tuple[onnx.Mo
         # A weight another node also reads (a tied embedding) stays whole: packing would copy it.
         if node.op_type == "MatMul" and node.name in wanted and readers[node.input[1]] == 1:
             groups.setdefault((node.input[0], inits[node.input[1]].dims[0]), []).append(node)
-    packs = {id(g[0]): g for g in groups.values() if len(g) > 1}
-    members = {id(n) for g in packs.values() for n in g}
+    # Nodes are told apart by their output, unique in an ONNX graph.
+    packs = {g[0].output[0]: g for g in groups.values() if len(g) > 1}
+    members = {n.output[0] for g in packs.values() for n in g}
     kept: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        if id(node) in packs:
-            kept.extend(_packed(model, packs[id(node)], inits))
-        elif id(node) not in members:
+        if node.op_type == "MatMul" and node.output[0] in packs:
+            kept.extend(_packed(model, packs[node.output[0]], inits))
+        elif not (node.op_type == "MatMul" and node.output[0] in members):
             kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
