@@ -31,6 +31,7 @@ packed like B per row of N, default 2^(bits-1) when absent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -93,13 +94,8 @@ def max_abs_form(
 ) -> onnx.ModelProto:
     """The MatMul `nodes` of `model` (float32 weights [K, N]) as symmetric max-abs blocks
     (max_abs_blocks) in MatMulNBits with no zero point; `level` is their accuracy_level."""
-    inits = {i.name: i for i in model.graph.initializer}
-    kept: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.name not in nodes:
-            kept.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+
+    def rewrite(node: onnx.NodeProto, weight: np.ndarray, kept: list[onnx.NodeProto]) -> None:
         k, n = weight.shape
         codes, scales = max_abs_blocks(weight, bits, block)
         base = node.input[1]
@@ -109,6 +105,25 @@ def max_abs_form(
         ])  # fmt: skip
         inputs = [node.input[0], f"{base}_Q{bits}", f"{base}_scales"]
         kept.append(_nbits(node.name, inputs, node.output[0], k, n, bits, block, level))
+
+    return _rewrite_weights(model, nodes, rewrite)
+
+
+def _rewrite_weights(
+    model: onnx.ModelProto,
+    nodes: set[str],
+    rewrite: Callable[[onnx.NodeProto, np.ndarray, list[onnx.NodeProto]], None],
+) -> onnx.ModelProto:
+    """`model` with each MatMul named in `nodes` replaced, in graph order, by what
+    `rewrite(node, weight float32 [K, N], kept)` appends to `kept` (the graph's nodes so far,
+    so it may also add nodes its replacement reads); every other node kept as it is."""
+    inits = {i.name: i for i in model.graph.initializer}
+    kept: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.name in nodes:
+            rewrite(node, numpy_helper.to_array(inits[node.input[1]]).astype(np.float32), kept)
+        else:
+            kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
     return model
@@ -126,14 +141,9 @@ def offset_form(
 ) -> onnx.ModelProto:
     """The MatMul `nodes` of `model` (float32 weights [K, N]) as min-max blocks of `bits`
     written in the offset form; `level` is the accuracy_level of their MatMulNBits."""
-    inits = {i.name: i for i in model.graph.initializer}
     sums: dict[tuple[str, int], str] = {}  # (input, K) -> its block sums
-    kept: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.name not in nodes:
-            kept.append(node)
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+
+    def rewrite(node: onnx.NodeProto, weight: np.ndarray, kept: list[onnx.NodeProto]) -> None:
         k, n = weight.shape
         codes, scales, zeros = quantize_blocks(weight, bits, block)
         base, x, y = node.input[1], node.input[0], node.output[0]
@@ -142,7 +152,7 @@ def offset_form(
             if (x, k) not in sums:
                 sums[x, k] = _extended(model, kept, x, k, block)
             kept.append(_folded(model, node, sums[x, k], codes, scales, offsets, block))
-            continue
+            return
         if (x, k) not in sums:
             sums[x, k] = _block_sum(model, kept, x, k, block)
         model.graph.initializer.extend([
@@ -157,9 +167,8 @@ def offset_form(
                              name=node.name + OFFSETS),
             helper.make_node("Add", [f"{y}_grid", f"{y}_offset"], [y], name=f"{node.name}_Add"),
         ])  # fmt: skip
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    return model
+
+    return _rewrite_weights(model, nodes, rewrite)
 
 
 def _extended(
@@ -167,13 +176,7 @@ def _extended(
 ) -> str:
     """Append x' = [x, s, s], s = x @ E (E float32 [K, P]: 1 where row k is in block k//block,
     P the block count padded to whole blocks, its padding columns 0): [..., K + 2P]."""
-    blocks = k // block
-    padded = block * -(-blocks // block)
-    shared = f"BlockIndicator_{k}x{padded}"
-    if shared not in {i.name for i in model.graph.initializer}:
-        indicator = np.zeros((k, padded), dtype=np.float32)
-        indicator[np.arange(k), np.arange(k) // block] = 1.0
-        model.graph.initializer.append(numpy_helper.from_array(indicator, shared))
+    shared = _indicator(model, k, block, block * -(-(k // block) // block))
     name = f"{x}_blocks{block}"
     kept.extend([
         helper.make_node("MatMul", [x, shared], [f"{name}_sum"], name=name + BLOCKSUM),
@@ -224,17 +227,24 @@ def _block_sum(
     model: onnx.ModelProto, kept: list[onnx.NodeProto], x: str, k: int, block: int
 ) -> str:
     """Append x @ E (E float32 [K, K/block], 1 where row k is in block k//block): the sum of
-    x over each block, [..., ceil(K/block)]. One MatMul, so any leading shape passes. Every
-    block sum of the same K and block reads one E, which then stays in the CPU's cache."""
-    shared = f"BlockIndicator_{k}x{block}"
-    if shared not in {i.name for i in model.graph.initializer}:
-        indicator = np.zeros((k, -(-k // block)), dtype=np.float32)
-        indicator[np.arange(k), np.arange(k) // block] = 1.0
-        model.graph.initializer.append(numpy_helper.from_array(indicator, shared))
+    x over each block, [..., ceil(K/block)]. One MatMul, so any leading shape passes."""
+    shared = _indicator(model, k, block, -(-k // block))
     name = f"{x}_blocks{block}"
     kept.append(helper.make_node("MatMul", [x, shared], [f"{name}_sum"],
                                  name=name + BLOCKSUM))  # fmt: skip
     return f"{name}_sum"
+
+
+def _indicator(model: onnx.ModelProto, k: int, block: int, columns: int) -> str:
+    """The name of E float32 [K, columns], 1 where row k is in block k//block (columns past
+    the last block all 0), added to `model` once per shape: every block sum of that shape
+    reads the same E, which then stays in the CPU's cache."""
+    name = f"BlockIndicator_{k}x{columns}"
+    if name not in {i.name for i in model.graph.initializer}:
+        indicator = np.zeros((k, columns), dtype=np.float32)
+        indicator[np.arange(k), np.arange(k) // block] = 1.0
+        model.graph.initializer.append(numpy_helper.from_array(indicator, name))
+    return name
 
 
 def nibble_planes(model: onnx.ModelProto) -> onnx.ModelProto:
