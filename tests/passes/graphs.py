@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from inferopt.measure.fidelity import mean_cosine
 from inferopt.model import Model, Provenance, from_proto
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -96,3 +97,78 @@ def constant_subgraph() -> onnx.ModelProto:
     inits = [_init("c1", np.ones(3)), _init("c2", np.full(3, 2.0))]
     graph = helper.make_graph(nodes, "consts", [x], [y], initializer=inits)
     return helper.make_model(graph, opset_imports=OPSET)
+
+
+HIDDEN, HEADS = 16, 2
+
+
+def attention_model(
+    mask_as: str = "attention_bias", constant_weights: bool = True
+) -> onnx.ModelProto:
+    """x [batch, seq, 16] -> com.microsoft Attention -> MatMul, the key padding mask `mask`
+    [batch, seq] given either as the additive attention_bias (where onnxscript's fusion puts
+    it) or as a 2-D int32 mask_index."""
+    rng = np.random.default_rng(0)
+    consts = {
+        "w": rng.standard_normal((HIDDEN, 3 * HIDDEN)) * 0.5,
+        "b": rng.standard_normal(3 * HIDDEN) * 0.1,
+        "wo": rng.standard_normal((HIDDEN, HIDDEN)) * 0.5,
+        "zero": np.array(0.0),
+        "lowest": np.array(np.finfo(np.float32).min),
+    }
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in _INTS.items()]
+    bias_nodes = [
+        helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["keep", "axes12"], ["keep4"]),
+        helper.make_node("Shape", ["mask"], ["dims"]),
+        helper.make_node("Gather", ["dims", "i0"], ["b_dim"], axis=0),
+        helper.make_node("Gather", ["dims", "i1"], ["s_dim"], axis=0),
+        helper.make_node("Concat", ["b_dim", "i1", "s_dim", "s_dim"], ["shape4"], axis=0),
+        helper.make_node("Expand", ["keep4", "shape4"], ["keep_all"]),
+        helper.make_node("Where", ["keep_all", "zero", "lowest"], ["bias4"]),
+    ]
+    if mask_as == "attention_bias":
+        mask_inputs, nodes = ["", "", "bias4"], bias_nodes
+    else:
+        mask_inputs = ["mask_i32"]
+        nodes = [helper.make_node("Cast", ["mask"], ["mask_i32"], to=TensorProto.INT32)]
+    weights = "w"
+    if not constant_weights:
+        nodes.append(helper.make_node("Identity", ["w"], ["w_computed"]))
+        weights = "w_computed"
+    nodes += [
+        helper.make_node(
+            "Attention",
+            ["x", weights, "b", *mask_inputs],
+            ["a"],
+            name="attn",
+            domain="com.microsoft",
+            num_heads=HEADS,
+        ),
+        helper.make_node("MatMul", ["a", "wo"], ["y"], name="out"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", HIDDEN])
+    mask = helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", HIDDEN])
+    graph = helper.make_graph(nodes, "attention", [x, mask], [y], initializer=inits)
+    opsets = [*OPSET, helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+_INTS = {"axes12": [1, 2], "i0": [0], "i1": [1]}
+LENGTHS = (7, 4, 2)  # right-padded rows of mixed lengths
+
+
+def padded_vs_alone(model: Model) -> list[float]:
+    """Cosine of each row's real positions in a right-padded batch to the row run alone. The
+    padding holds values (as embeddings of a pad token would), which a lost mask lets in."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((len(LENGTHS), max(LENGTHS), HIDDEN)).astype(np.float32)
+    mask = (np.arange(max(LENGTHS)) < np.array(LENGTHS)[:, None]).astype(np.int64)
+    batched = model.run({"x": x, "mask": mask})["y"]
+    cosines = []
+    for row, n in enumerate(LENGTHS):
+        alone = model.run({"x": x[row : row + 1, :n], "mask": mask[row : row + 1, :n]})["y"][0]
+        cosines.append(mean_cosine(alone.reshape(1, -1), batched[row, :n].reshape(1, -1)))
+    return cosines

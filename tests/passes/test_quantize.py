@@ -1,8 +1,13 @@
 import numpy as np
-import onnx
 import pytest
-from graphs import OPSET, constant_subgraph, mlp, model_of
-from onnx import TensorProto, helper, numpy_helper
+from graphs import (
+    HIDDEN,
+    attention_model,
+    constant_subgraph,
+    mlp,
+    model_of,
+    padded_vs_alone,
+)
 
 from inferopt.data import Dataset
 from inferopt.errors import InputError
@@ -77,107 +82,35 @@ def test_options_are_validated() -> None:
 
 # --- fused attention: int8 must keep the padding mask -------------------------------------
 
-HIDDEN, HEADS = 16, 2
-
-
-def _attention(mask_as: str = "attention_bias", constant_weights: bool = True) -> onnx.ModelProto:
-    """x [batch, seq, 16] -> com.microsoft Attention -> MatMul, the key padding mask `mask`
-    [batch, seq] given either as the additive attention_bias (where onnxscript's fusion puts
-    it) or as a 2-D int32 mask_index."""
-    rng = np.random.default_rng(0)
-    consts = {
-        "w": rng.standard_normal((HIDDEN, 3 * HIDDEN)) * 0.5,
-        "b": rng.standard_normal(3 * HIDDEN) * 0.1,
-        "wo": rng.standard_normal((HIDDEN, HIDDEN)) * 0.5,
-        "zero": np.array(0.0),
-        "lowest": np.array(np.finfo(np.float32).min),
-    }
-    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
-    inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in _INTS.items()]
-    bias_nodes = [
-        helper.make_node("Cast", ["mask"], ["keep"], to=TensorProto.BOOL),
-        helper.make_node("Unsqueeze", ["keep", "axes12"], ["keep4"]),
-        helper.make_node("Shape", ["mask"], ["dims"]),
-        helper.make_node("Gather", ["dims", "i0"], ["b_dim"], axis=0),
-        helper.make_node("Gather", ["dims", "i1"], ["s_dim"], axis=0),
-        helper.make_node("Concat", ["b_dim", "i1", "s_dim", "s_dim"], ["shape4"], axis=0),
-        helper.make_node("Expand", ["keep4", "shape4"], ["keep_all"]),
-        helper.make_node("Where", ["keep_all", "zero", "lowest"], ["bias4"]),
-    ]
-    if mask_as == "attention_bias":
-        mask_inputs, nodes = ["", "", "bias4"], bias_nodes
-    else:
-        mask_inputs = ["mask_i32"]
-        nodes = [helper.make_node("Cast", ["mask"], ["mask_i32"], to=TensorProto.INT32)]
-    weights = "w"
-    if not constant_weights:
-        nodes.append(helper.make_node("Identity", ["w"], ["w_computed"]))
-        weights = "w_computed"
-    nodes += [
-        helper.make_node(
-            "Attention",
-            ["x", weights, "b", *mask_inputs],
-            ["a"],
-            name="attn",
-            domain="com.microsoft",
-            num_heads=HEADS,
-        ),
-        helper.make_node("MatMul", ["a", "wo"], ["y"], name="out"),
-    ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", HIDDEN])
-    mask = helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", HIDDEN])
-    graph = helper.make_graph(nodes, "attention", [x, mask], [y], initializer=inits)
-    opsets = [*OPSET, helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets)
-
-
-_INTS = {"axes12": [1, 2], "i0": [0], "i1": [1]}
-LENGTHS = (7, 4, 2)  # right-padded rows of mixed lengths
-
-
-def _padded_vs_alone(model) -> list[float]:  # type: ignore[no-untyped-def]
-    """Cosine of each row's real positions in a right-padded batch to the row run alone. The
-    padding holds values (as embeddings of a pad token would), which a lost mask lets in."""
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((len(LENGTHS), max(LENGTHS), HIDDEN)).astype(np.float32)
-    mask = (np.arange(max(LENGTHS)) < np.array(LENGTHS)[:, None]).astype(np.int64)
-    batched = model.run({"x": x, "mask": mask})["y"]
-    cosines = []
-    for row, n in enumerate(LENGTHS):
-        alone = model.run({"x": x[row : row + 1, :n], "mask": mask[row : row + 1, :n]})["y"][0]
-        cosines.append(mean_cosine(alone.reshape(1, -1), batched[row, :n].reshape(1, -1)))
-    return cosines
-
 
 @pytest.mark.parametrize("mask_as", ["attention_bias", "mask_index"])
 def test_dynamic_int8_on_fused_attention_keeps_the_padding_mask(mask_as: str) -> None:
-    model = model_of(_attention(mask_as))
+    model = model_of(attention_model(mask_as))
     out = DynamicInt8()(model, PassContext.for_model(model))
     assert "QAttention" not in _ops(out) and "MultiHeadAttention" in _ops(out)
     report = out.provenance.steps[-1]["report"]
     assert report["attention"] == {"split": {"attn": "attn/projection"}, "kept_float": {}}
     quantized = {n.name for n in out.proto.graph.node if n.op_type == "MatMulInteger"}
     assert any(name.startswith("attn/projection") for name in quantized)
-    assert min(_padded_vs_alone(out)) > 0.999
+    assert min(padded_vs_alone(out)) > 0.999
 
 
 def test_attention_that_cannot_be_split_stays_float_and_says_why() -> None:
-    model = model_of(_attention(constant_weights=False))
+    model = model_of(attention_model(constant_weights=False))
     context = PassContext.for_model(model)
     out = DynamicInt8()(model, context)
     assert "Attention" in _ops(out) and "QAttention" not in _ops(out)
     kept = out.provenance.steps[-1]["report"]["attention"]["kept_float"]
     assert "weights are computed" in kept["attn"]
     assert any("Attention 'attn' kept in float" in note for note in context.notes)
-    assert min(_padded_vs_alone(out)) > 0.999
+    assert min(padded_vs_alone(out)) > 0.999
     only = PassContext.for_model(model)
     DynamicInt8(op_types=("Attention",))(model, only)
     assert any("Attention 'attn' stays float: its weights" in note for note in only.notes)
 
 
 def test_attention_only_quantizes_the_projection_and_names_map_to_it() -> None:
-    model = model_of(_attention())
+    model = model_of(attention_model())
     out = DynamicInt8(op_types=("Attention",))(model, PassContext.for_model(model))
     nodes = {n.name: n for n in out.proto.graph.node}
     assert nodes["out"].op_type == "MatMul"  # not asked for: stays float
@@ -229,7 +162,7 @@ def test_fused_bert_rows_answer_the_same_alone_and_in_a_padded_batch() -> None:
 
 @pytest.mark.parametrize("mask_as", ["attention_bias", "mask_index"])
 def test_attention_split_is_exact_in_float(mask_as: str) -> None:
-    model = model_of(_attention(mask_as))
+    model = model_of(attention_model(mask_as))
     split = split_attention(model.proto)
     assert split.projections == {"attn": "attn/projection"} and not split.kept
     rewritten = model_of(split.proto)
@@ -242,7 +175,7 @@ def test_attention_split_is_exact_in_float(mask_as: str) -> None:
 
 
 def test_attention_with_a_past_state_is_not_split() -> None:
-    proto = _attention()
+    proto = attention_model()
     node = next(n for n in proto.graph.node if n.op_type == "Attention")
     node.input[4] = "past"  # a key/value cache: MultiHeadAttention takes it in another form
     split = split_attention(proto)
@@ -250,7 +183,7 @@ def test_attention_with_a_past_state_is_not_split() -> None:
 
 
 def test_static_int8_leaves_fused_attention_whole_with_its_mask() -> None:
-    model = model_of(_attention())
+    model = model_of(attention_model())
     rng = np.random.default_rng(2)
     data = Dataset.from_arrays(
         {
@@ -260,4 +193,4 @@ def test_static_int8_leaves_fused_attention_whole_with_its_mask() -> None:
     )
     out = StaticInt8()(model, PassContext.for_model(model, data))
     assert "Attention" in _ops(out) and "QuantizeLinear" in _ops(out)
-    assert min(_padded_vs_alone(out)) > 0.999
+    assert min(padded_vs_alone(out)) > 0.999

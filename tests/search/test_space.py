@@ -4,10 +4,20 @@ from inferopt.passes.recipe import Recipe
 from inferopt.search.space import Candidate, Facts, candidates, fallbacks, recipe_text
 
 TRANSFORMER = Facts(
-    dynamic_int8=True, static_int8=True, smoothable=True, fast_fp16=False, trainable=False
+    block_int8=True,
+    dynamic_int8=True,
+    static_int8=True,
+    smoothable=True,
+    fast_fp16=False,
+    trainable=False,
 )
 NO_WEIGHTS = Facts(
-    dynamic_int8=False, static_int8=False, smoothable=False, fast_fp16=False, trainable=False
+    block_int8=False,
+    dynamic_int8=False,
+    static_int8=False,
+    smoothable=False,
+    fast_fp16=False,
+    trainable=False,
 )
 
 
@@ -17,6 +27,11 @@ def test_a_transformer_gets_every_family_with_smoothing_variants() -> None:
     assert "fuse,fp16" in texts and "fuse,bf16" in texts
     assert "fuse,int8-dynamic" in texts and "fuse,smooth:alpha=0.5,int8-dynamic" in texts
     assert "fuse,smooth,int8-static:calibration=entropy" in texts
+    # int8 closest to float first, largest (fastest) block first
+    blocks = [t for t in texts if "int8-block" in t]
+    assert blocks == ["fuse,int8-block:block_size=128", "fuse,int8-block:block_size=64",
+                      "fuse,int8-block"]  # fmt: skip
+    assert texts.index(blocks[-1]) < texts.index("fuse,int8-dynamic")
     assert len(texts) == len(set(texts))
     assert all(Recipe.parse(t).to_json() == c.recipe.to_json()
                for t, c in zip(texts, candidates(TRANSFORMER), strict=True))  # fmt: skip
@@ -32,6 +47,7 @@ def test_training_prefixes_combine_with_the_int8_recipes_only_when_trainable() -
     trainable = Facts(**{**vars(TRANSFORMER), "trainable": True})
     train = [c.text for c in candidates(trainable, ("fold",)) if c.family == "train"]
     assert train[0] == "fold,fuse" and "fold,fuse,int8-dynamic" in train
+    assert "fold,fuse,int8-block" in train
     assert not any("fp16" in t or "int8-static" in t for t in train)  # dynamic suits MatMuls
 
 

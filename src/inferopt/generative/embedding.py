@@ -9,12 +9,13 @@ import onnx
 from onnx import numpy_helper
 
 from inferopt.errors import InputError
+from inferopt.ortquant import nbits_quantizer
 
 
 def quantize_embedding(model: onnx.ModelProto, block_size: int, symmetric: bool) -> onnx.ModelProto:
     """The embedding Gather as GatherBlockQuantized (ORT's quantizer, rtn, blocks along the
     hidden axis)."""
-    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+    mq = nbits_quantizer()
 
     config = mq.DefaultWeightOnlyQuantConfig(
         block_size=block_size,

@@ -52,6 +52,7 @@ from inferopt.generative.nbits import (
     offset_form,
 )
 from inferopt.generative.packing import pack_siblings
+from inferopt.ortquant import nbits_quantizer
 
 Algorithm = Literal["rtn", "rtn-float", "hqq", "k-quant", "gptq"]
 ALGORITHMS: tuple[str, ...] = ("rtn", "rtn-float", "hqq", "k-quant", "gptq")
@@ -292,7 +293,7 @@ def _quantize(
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         drop_unused(model)
         return model
-    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+    mq = nbits_quantizer()
 
     # Every other MatMul is excluded by name, the offset form's own included: ORT's quantizer
     # takes any MatMul with a constant weight not excluded.

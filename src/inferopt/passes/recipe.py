@@ -20,6 +20,7 @@ from inferopt.compress.steps import STEPS as TORCH_STEPS
 from inferopt.compress.steps import TorchStep
 from inferopt.errors import InferoptError
 from inferopt.passes.base import Pass
+from inferopt.passes.blockwise import BlockInt8
 from inferopt.passes.fuse import Fuse
 from inferopt.passes.graph import EliminateDeadNodes, FoldConstants, OrtOptimize
 from inferopt.passes.precision import BFloat16Weights, Float16
@@ -43,6 +44,7 @@ PASSES: dict[str, type[Pass]] = {
         BFloat16Weights,
         DynamicInt8,
         StaticInt8,
+        BlockInt8,
     )
 }
 MAIN_OPTION = {
@@ -50,9 +52,10 @@ MAIN_OPTION = {
     "smooth": "alpha",
     "int8-static": "calibration",
     "int8-dynamic": "fallback",
+    "int8-block": "block_size",
     **TORCH_MAIN_OPTION,
 }
-PRECISION = {"fp16", "bf16", "int8-dynamic", "int8-static"}  # change number formats
+PRECISION = {"fp16", "bf16", "int8-dynamic", "int8-static", "int8-block"}  # change number formats
 # Rewrites match float patterns; after a precision change they find nothing, or break it.
 FLOAT_ONLY = {"fold", "fuse", "smooth"}
 

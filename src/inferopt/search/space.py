@@ -15,6 +15,8 @@ from typing import Any
 
 from inferopt import hardware
 from inferopt.model import Model
+from inferopt.passes import blockwise
+from inferopt.passes.blockwise import BlockInt8
 from inferopt.passes.fuse import Fuse
 from inferopt.passes.precision import BFloat16Weights, Float16
 from inferopt.passes.quantize import DynamicInt8, StaticInt8, quantizable_nodes
@@ -25,7 +27,7 @@ from inferopt.passes.smooth import SMOOTHED_OPS, Smooth
 @dataclass(frozen=True)
 class Candidate:
     recipe: Recipe
-    family: str  # graph, precision, int8-dynamic, int8-static, train
+    family: str  # graph, precision, int8-block, int8-dynamic, int8-static, train
 
     @property
     def text(self) -> str:
@@ -36,6 +38,7 @@ class Candidate:
 class Facts:
     """What decides which passes apply."""
 
+    block_int8: bool  # MatMul with a constant 2-D weight, or fused Attention
     dynamic_int8: bool  # MatMul/Gemm/Attention with constant weights
     static_int8: bool  # Conv/MatMul/Gemm with constant weights, and calibration data
     smoothable: bool  # MatMul with constant weights fed by activations
@@ -47,6 +50,7 @@ class Facts:
         proto = model.proto
         features = set(hardware.probe().cpu_features)
         return Facts(
+            block_int8=blockwise.applies(model),
             dynamic_int8=bool(quantizable_nodes(proto, DynamicInt8.op_types)),
             static_int8=has_data and bool(quantizable_nodes(proto, StaticInt8.op_types)),
             smoothable=bool(quantizable_nodes(proto, SMOOTHED_OPS)),
@@ -78,6 +82,8 @@ def candidates(facts: Facts, training: tuple[str, ...] = ()) -> list[Candidate]:
     found = [Candidate(Recipe((fuse,)), "graph")]
     for cls in (Float16, BFloat16Weights):
         found += [Candidate(Recipe((fuse, cls(**o))), "precision") for o in cls.search]
+    if facts.block_int8:  # the int8 closest to float first: per-row, per-block scales
+        found += [Candidate(Recipe((fuse, BlockInt8(**o))), "int8-block") for o in BlockInt8.search]
     smooths = [None, *(Smooth(**o) for o in Smooth.search)] if facts.smoothable else [None]
     for quantizer, family, applies in (
         (DynamicInt8, "int8-dynamic", facts.dynamic_int8),
@@ -100,12 +106,12 @@ def _with_training(
     """Each training prefix alone, then before the INT8 recipes that suit the model (dynamic
     for MatMul-heavy models, static for the others): the combination is where the big gains
     are, and each costs only its post-training passes once the training is cached."""
-    suited = "int8-dynamic" if facts.smoothable else "int8-static"
+    suited = ("int8-block", "int8-dynamic") if facts.smoothable else ("int8-static",)
     found = []
     for prefix in prefixes:
         found.append(Candidate(Recipe.parse(f"{prefix},fuse"), "train"))
         for c in post:
-            if c.family == suited:
+            if c.family in suited:
                 found.append(Candidate(Recipe.parse(f"{prefix},{c.text}"), "train"))
     return found
 
