@@ -55,8 +55,9 @@ BATCH_ROWS = 8  # rows per padded batch in the fidelity check
 CALIBRATION_SENTENCES = 300  # for NNCF
 ROUNDS_B1, ROUNDS_B32 = 11, 7
 RECIPES = (
-    "fuse,int8-block:64",
-    "fuse,int8-block",
+    "fuse,unpad",
+    "fuse,unpad,int8-block:64",
+    "fuse,unpad,int8-block",
     "fuse,smooth:0.75,int8-dynamic",
     "fuse,int8-dynamic",
     "fuse,fp16",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from inferopt.measure.fidelity import mean_cosine
 from inferopt.model import Model, Provenance, from_proto
+from inferopt.passes.base import PassContext
 
 OPSET = [helper.make_opsetid("", 17)]
 
@@ -172,3 +174,41 @@ def padded_vs_alone(model: Model) -> list[float]:
         alone = model.run({"x": x[row : row + 1, :n], "mask": mask[row : row + 1, :n]})["y"][0]
         cosines.append(mean_cosine(alone.reshape(1, -1), batched[row, :n].reshape(1, -1)))
     return cosines
+
+
+def fused_bert() -> tuple[Model, PassContext]:
+    """A one-layer BERT (random weights, mean pooled) exported and fused, with its context:
+    the fused attention carries the padding mask (skips the test without PyTorch)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from inferopt.huggingface import MeanPooledEncoder
+    from inferopt.passes.fuse import Fuse
+    from inferopt.sources import load
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    encoder = transformers.BertModel(config, add_pooling_layer=False)
+    module = MeanPooledEncoder(encoder, normalize=False).eval()
+    ids = torch.randint(1, 64, (2, 9))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model = load(module, {**example, "token_type_ids": torch.zeros_like(ids)})
+    context = PassContext.for_model(model)
+    fused = Fuse()(model, context)
+    assert fused.provenance.steps[-1]["report"]["fired"].get("attention") == 1
+    return fused, context
+
+
+def bert_batch() -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+    """A right-padded batch of four token rows of mixed lengths for fused_bert, and the lengths."""
+    rng = np.random.default_rng(0)
+    lengths = (12, 5, 8, 3)
+    ids = rng.integers(1, 64, (len(lengths), max(lengths)))
+    mask = (np.arange(max(lengths)) < np.array(lengths)[:, None]).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": 0 * mask}, lengths

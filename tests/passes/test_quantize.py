@@ -3,7 +3,9 @@ import pytest
 from graphs import (
     HIDDEN,
     attention_model,
+    bert_batch,
     constant_subgraph,
+    fused_bert,
     mlp,
     model_of,
     padded_vs_alone,
@@ -124,35 +126,9 @@ def test_attention_only_quantizes_the_projection_and_names_map_to_it() -> None:
 
 @pytest.mark.slow
 def test_fused_bert_rows_answer_the_same_alone_and_in_a_padded_batch() -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from inferopt.huggingface import MeanPooledEncoder
-    from inferopt.passes.fuse import Fuse
-    from inferopt.sources import load
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    encoder = transformers.BertModel(config, add_pooling_layer=False)
-    module = MeanPooledEncoder(encoder, normalize=False).eval()
-    ids = torch.randint(1, 64, (2, 9))
-    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    model = load(module, {**example, "token_type_ids": torch.zeros_like(ids)})
-    context = PassContext.for_model(model)
-    fused = Fuse()(model, context)
-    assert fused.provenance.steps[-1]["report"]["fired"].get("attention") == 1
+    fused, context = fused_bert()
     out = DynamicInt8()(fused, context)
-    rng = np.random.default_rng(0)
-    lengths = (12, 5, 8, 3)
-    ids_np = rng.integers(1, 64, (len(lengths), max(lengths)))
-    mask = (np.arange(max(lengths)) < np.array(lengths)[:, None]).astype(np.int64)
-    feed = {"input_ids": ids_np * mask, "attention_mask": mask, "token_type_ids": 0 * mask}
+    feed, lengths = bert_batch()
     batched = out.run(feed)[out.io.output_names[0]]
     for row, n in enumerate(lengths):
         alone = out.run({k: v[row : row + 1, :n] for k, v in feed.items()})

@@ -72,3 +72,13 @@ def test_training_steps_are_part_of_the_text_and_kept_by_fallbacks() -> None:
     assert recipe_text(recipe) == "distill:layers=3,fuse,int8-dynamic"
     deeper = fallbacks(Candidate(recipe, "train"))
     assert deeper[0].text == "distill:layers=3,fuse,int8-dynamic:fallback=0.999"
+
+
+def test_a_model_with_a_padding_mask_gets_unpad_before_block_int8() -> None:
+    texts = [c.text for c in candidates(Facts(**{**vars(TRANSFORMER), "unpaddable": True}))]
+    assert texts[:2] == ["fuse", "fuse,unpad"]
+    assert [t for t in texts if "int8-block" in t] == [
+        "fuse,unpad,int8-block:block_size=128", "fuse,unpad,int8-block:block_size=64",
+        "fuse,unpad,int8-block",
+    ]  # fmt: skip
+    assert "fuse,int8-dynamic" in texts  # the other families keep the padded layout

@@ -170,6 +170,9 @@ class DynamicInt8(Pass):
                     weight_type=weight_type(options.weights),
                     nodes_to_quantize=list(include or options.include) or None,
                     nodes_to_exclude=list(options.exclude + exclude) or None,
+                    # Values whose type ONNX shape inference cannot follow through contrib
+                    # ops (an unpadded graph's packed tokens) are float activations.
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
                 return onnx.load(str(out))
 

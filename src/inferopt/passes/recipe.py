@@ -26,6 +26,7 @@ from inferopt.passes.graph import EliminateDeadNodes, FoldConstants, OrtOptimize
 from inferopt.passes.precision import BFloat16Weights, Float16
 from inferopt.passes.quantize import DynamicInt8, StaticInt8
 from inferopt.passes.smooth import Smooth
+from inferopt.passes.unpad import Unpad
 
 
 class RecipeError(InferoptError):
@@ -38,6 +39,7 @@ PASSES: dict[str, type[Pass]] = {
         FoldConstants,
         EliminateDeadNodes,
         Fuse,
+        Unpad,
         OrtOptimize,
         Smooth,
         Float16,
@@ -57,7 +59,7 @@ MAIN_OPTION = {
 }
 PRECISION = {"fp16", "bf16", "int8-dynamic", "int8-static", "int8-block"}  # change number formats
 # Rewrites match float patterns; after a precision change they find nothing, or break it.
-FLOAT_ONLY = {"fold", "fuse", "smooth"}
+FLOAT_ONLY = {"fold", "fuse", "smooth", "unpad"}
 
 
 Step = Pass | TorchStep
@@ -159,6 +161,12 @@ def validated(steps: tuple[Step, ...]) -> Recipe:
                 f"{later[0]!r} comes after {passes[precision[0]].name!r}: its rewrites match "
                 "float graphs, so put it before the precision change"
             )
+    order = [p.name for p in passes]
+    if "unpad" in order and "fuse" in order[order.index("unpad") :]:
+        raise RecipeError(
+            "'fuse' comes after 'unpad': its attention fusion needs the padded layout, so put "
+            "unpad after fuse"
+        )
     return Recipe(passes, torch_steps)
 
 

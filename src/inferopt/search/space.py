@@ -15,8 +15,7 @@ from typing import Any
 
 from inferopt import hardware
 from inferopt.model import Model
-from inferopt.passes import blockwise
-from inferopt.passes.blockwise import BlockInt8
+from inferopt.passes import blockwise, unpad
 from inferopt.passes.fuse import Fuse
 from inferopt.passes.precision import BFloat16Weights, Float16
 from inferopt.passes.quantize import DynamicInt8, StaticInt8, quantizable_nodes
@@ -44,6 +43,7 @@ class Facts:
     smoothable: bool  # MatMul with constant weights fed by activations
     fast_fp16: bool  # the CPU has native fp16 arithmetic (not just conversion)
     trainable: bool  # the source is a PyTorch module we can prune or distill
+    unpaddable: bool = False  # one [batch, seq] mask input, and MatMuls: padding can be skipped
 
     @staticmethod
     def of(model: Model, *, has_data: bool, trainable: bool) -> Facts:
@@ -51,6 +51,7 @@ class Facts:
         features = set(hardware.probe().cpu_features)
         return Facts(
             block_int8=blockwise.applies(model),
+            unpaddable=unpad.applies(model),
             dynamic_int8=bool(quantizable_nodes(proto, DynamicInt8.op_types)),
             static_int8=has_data and bool(quantizable_nodes(proto, StaticInt8.op_types)),
             smoothable=bool(quantizable_nodes(proto, SMOOTHED_OPS)),
@@ -80,10 +81,18 @@ def candidates(facts: Facts, training: tuple[str, ...] = ()) -> list[Candidate]:
     holds recipe prefixes of training passes (pruning, distillation) that apply."""
     fuse = Fuse()
     found = [Candidate(Recipe((fuse,)), "graph")]
+    # Skipping padding is exact for real tokens; block-wise INT8 quantizes each row on its own,
+    # so it gives the same answers on the packed rows, and runs on the real tokens only.
+    packed = (fuse, unpad.Unpad()) if facts.unpaddable else (fuse,)
+    if facts.unpaddable:
+        found.append(Candidate(Recipe(packed), "graph"))
     for cls in (Float16, BFloat16Weights):
         found += [Candidate(Recipe((fuse, cls(**o))), "precision") for o in cls.search]
     if facts.block_int8:  # the int8 closest to float first: per-row, per-block scales
-        found += [Candidate(Recipe((fuse, BlockInt8(**o))), "int8-block") for o in BlockInt8.search]
+        found += [
+            Candidate(Recipe((*packed, blockwise.BlockInt8(**o))), "int8-block")
+            for o in blockwise.BlockInt8.search
+        ]
     smooths = [None, *(Smooth(**o) for o in Smooth.search)] if facts.smoothable else [None]
     for quantizer, family, applies in (
         (DynamicInt8, "int8-dynamic", facts.dynamic_int8),
@@ -103,9 +112,10 @@ def candidates(facts: Facts, training: tuple[str, ...] = ()) -> list[Candidate]:
 def _with_training(
     prefixes: tuple[str, ...], post: list[Candidate], facts: Facts
 ) -> list[Candidate]:
-    """Each training prefix alone, then before the INT8 recipes that suit the model (dynamic
-    for MatMul-heavy models, static for the others): the combination is where the big gains
-    are, and each costs only its post-training passes once the training is cached."""
+    """Each training prefix alone, then before the INT8 recipes that suit the model
+    (block-wise and dynamic for MatMul-heavy models, static for the others): the combination
+    is where the big gains are, and each costs only its post-training passes once the
+    training is cached."""
     suited = ("int8-block", "int8-dynamic") if facts.smoothable else ("int8-static",)
     found = []
     for prefix in prefixes:
