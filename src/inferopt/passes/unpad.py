@@ -78,7 +78,7 @@ class Unpad(Pass):
     name = "unpad"
 
     def run(self, model: Model, context: PassContext) -> PassResult:
-        masks = [s for s in model.io.inputs if s.role == "mask" and len(s.shape) == 2]
+        masks = _masks(model)
         if len(masks) != 1:
             return unchanged(model, context, f"pass 'unpad' changed nothing: {_why_no_mask(masks)}")
         # Split fused Attention (exact in float) so its Q/K/V projection, the largest MatMul,
@@ -106,12 +106,15 @@ class Unpad(Pass):
 def applies(model: Model) -> bool:
     """Whether `model` has what the pass needs before fusion: one [batch, seq] mask input and
     a MatMul with a constant weight (fused attention appears only after `fuse`)."""
-    masks = [s for s in model.io.inputs if s.role == "mask" and len(s.shape) == 2]
-    constants = _constants(model.proto)
-    return len(masks) == 1 and any(
-        n.op_type == "MatMul" and len(constants.get(n.input[1], ())) == 2
-        for n in model.proto.graph.node
+    weights = _float_matrices(model.proto)
+    return len(_masks(model)) == 1 and any(
+        n.op_type == "MatMul" and n.input[1] in weights for n in model.proto.graph.node
     )
+
+
+def _masks(model: Model) -> list[TensorSpec]:
+    """The model's [batch, seq] mask inputs (IOSpec role "mask")."""
+    return [s for s in model.io.inputs if s.role == "mask" and len(s.shape) == 2]
 
 
 def _why_no_mask(masks: list[TensorSpec]) -> str:
@@ -121,21 +124,34 @@ def _why_no_mask(masks: list[TensorSpec]) -> str:
 
 
 def _constants(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shapes of the initializers and Constant nodes' tensors, by name."""
     shapes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == 4:
-            shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+        tensor = [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+        if node.op_type == "Constant" and tensor:
+            shapes[node.output[0]] = tuple(tensor[0].dims)
     return shapes
+
+
+def _float_matrices(proto: onnx.ModelProto) -> set[str]:
+    """2-D float32 initializers: the MatMul weights whose outputs the rewrite can scatter back
+    (it fills padded positions with float32 zeros)."""
+    return {
+        i.name
+        for i in proto.graph.initializer
+        if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT
+    }
 
 
 def _plan(proto: onnx.ModelProto) -> _Plan:
     """The packable nodes, in one pass over the graph in topological order."""
     constants = _constants(proto)
+    weights = _float_matrices(proto)
     plan = _Plan()
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
     plan.stream.update(_seeds(proto))
     for index, node in enumerate(proto.graph.node):
-        if _row_wise(node, plan.stream, constants, used):
+        if _row_wise(node, plan.stream, constants, weights, used):
             plan.packed.add(index)
             plan.stream.update(_token_outputs(node))
             plan.matmuls += node.op_type == "MatMul"
@@ -160,12 +176,16 @@ def _seeds(proto: onnx.ModelProto) -> set[str]:
 
 
 def _row_wise(
-    node: onnx.NodeProto, stream: set[str], constants: dict[str, tuple[int, ...]], used: set[str]
+    node: onnx.NodeProto,
+    stream: set[str],
+    constants: dict[str, tuple[int, ...]],
+    weights: set[str],
+    used: set[str],
 ) -> bool:
     """The check: a row-wise op whose token inputs are in the stream and whose other inputs
     are constants that broadcast along the last axis only (a MatMul's: its 2-D weight)."""
     if node.domain == "" and node.op_type == "MatMul":
-        return node.input[0] in stream and len(constants.get(node.input[1], ())) == 2
+        return node.input[0] in stream and node.input[1] in weights
     kinds = ELEMENTWISE | NORMS if node.domain == "" else CONTRIB
     if node.domain not in ("", MS_DOMAIN) or node.op_type not in kinds:
         return False
