@@ -73,19 +73,33 @@ class Cluster:
         return found
 
 
+def _start_ray(metrics_port: int) -> None:
+    """A new local Ray instance. Started once more when Ray's own start times out: on this
+    2-core machine its raylet has failed to register within Ray's wait, once, right after
+    another test's cluster shut down (nothing of inferopt runs yet at that point)."""
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local",  # a new instance, never a cluster someone else runs here
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                _metrics_export_port=metrics_port,
+                _system_config={"metrics_report_interval_ms": 500},
+            )
+            return
+        except Exception as exc:  # Ray raises a bare Exception for a start that timed out
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     saved = {k: os.environ.get(k) for k in _ENV}
     os.environ.update(_ENV)  # inherited by the Ray processes started here
     port = _free_port()
-    ray.init(
-        address="local",  # a new instance, never a cluster someone else runs here
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _metrics_export_port=port,
-        _system_config={"metrics_report_interval_ms": 500},
-    )
+    _start_ray(port)
     try:
         yield Cluster(port)
     finally:
