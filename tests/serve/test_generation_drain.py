@@ -48,12 +48,14 @@ def test_sigterm_lets_running_streams_finish(tmp_path: Path, poll: Callable) -> 
         poll(lambda: httpx.get(f"http://{url}/v2/models/tiny/ready").status_code == 200,
              timeout=60)  # fmt: skip
         done: list[dict[str, object]] = []
-        started = threading.Event()
-        threads = [threading.Thread(target=_stream, args=(url, done, started))
-                   for _ in range(STREAMS)]  # fmt: skip
+        # One event per stream: the signal must come after every stream has its first
+        # chunk, or a slow thread's connection is (rightly) refused by the draining server.
+        started = [threading.Event() for _ in range(STREAMS)]
+        threads = [threading.Thread(target=_stream, args=(url, done, event))
+                   for event in started]  # fmt: skip
         for thread in threads:
             thread.start()
-        assert started.wait(60)
+        assert all(event.wait(60) for event in started)
         running_at_signal = STREAMS - len(done)
         server.proc.send_signal(signal.SIGTERM)
         poll(lambda: refused(url), timeout=30)  # no new connections while draining
