@@ -351,3 +351,14 @@ def toposort(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     model = external.to_ir(proto)
     return ir.serde.serialize_model(TopologicalSortPass()(model).model)
+
+
+def float_matrices(proto: onnx.ModelProto) -> set[str]:
+    """Names of the 2-D float32 initializers: the MatMul weights that the weight passes
+    rewrite (int8-block's MatMulNBits takes a float (K, N) weight; unpad scatters float32
+    outputs back)."""
+    return {
+        i.name
+        for i in proto.graph.initializer
+        if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT
+    }

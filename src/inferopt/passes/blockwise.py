@@ -28,7 +28,7 @@ import onnx
 from inferopt.model import Model
 from inferopt.ortquant import nbits_quantizer
 from inferopt.passes import attention
-from inferopt.passes.base import Pass, PassContext, PassResult
+from inferopt.passes.base import Pass, PassContext, PassResult, float_matrices
 from inferopt.passes.quantize import INT8_TOLERANCE, nothing_to_quantize, unchanged
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes a power of two >= 16
@@ -125,11 +125,7 @@ def _matmul_names(proto: onnx.ModelProto) -> list[str]:
 def weight_matmuls(proto: onnx.ModelProto) -> list[str]:
     """Names of MatMul nodes whose second input is a 2-D float initializer (what
     MatMulNBits replaces; its weight is (K, N))."""
-    weights = {
-        i.name
-        for i in proto.graph.initializer
-        if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT
-    }
+    weights = float_matrices(proto)
     return [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 

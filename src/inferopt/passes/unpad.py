@@ -37,7 +37,7 @@ from inferopt.iospec import TensorSpec
 from inferopt.model import Model
 from inferopt.passes import attention
 from inferopt.passes.attention import MS_DOMAIN
-from inferopt.passes.base import Pass, PassContext, PassResult, copy_proto
+from inferopt.passes.base import Pass, PassContext, PassResult, copy_proto, float_matrices
 from inferopt.passes.quantize import unchanged
 
 PREFIX = "unpad"
@@ -106,7 +106,7 @@ class Unpad(Pass):
 def applies(model: Model) -> bool:
     """Whether `model` has what the pass needs before fusion: one [batch, seq] mask input and
     a MatMul with a constant weight (fused attention appears only after `fuse`)."""
-    weights = _float_matrices(model.proto)
+    weights = float_matrices(model.proto)
     return len(_masks(model)) == 1 and any(
         n.op_type == "MatMul" and n.input[1] in weights for n in model.proto.graph.node
     )
@@ -133,20 +133,10 @@ def _constants(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _float_matrices(proto: onnx.ModelProto) -> set[str]:
-    """2-D float32 initializers: the MatMul weights whose outputs the rewrite can scatter back
-    (it fills padded positions with float32 zeros)."""
-    return {
-        i.name
-        for i in proto.graph.initializer
-        if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT
-    }
-
-
 def _plan(proto: onnx.ModelProto) -> _Plan:
     """The packable nodes, in one pass over the graph in topological order."""
     constants = _constants(proto)
-    weights = _float_matrices(proto)
+    weights = float_matrices(proto)
     plan = _Plan()
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
     plan.stream.update(_seeds(proto))
@@ -191,12 +181,18 @@ def _row_wise(
         return False
     inputs = [i for i in node.input if i]
     others = [i for i in inputs if i not in stream]
-    if len(others) == len(inputs) or any(len(constants.get(i, (0, 0))) > 1 for i in others):
+    if len(others) == len(inputs) or not all(_broadcasts_per_row(i, constants) for i in others):
         return False
     if node.op_type in NORMS and _axis(node) not in (-1, None):
         return False
     statistics = STATISTICS.get(node.op_type, ())
     return not any(i < len(node.output) and node.output[i] in used for i in statistics)
+
+
+def _broadcasts_per_row(name: str, constants: dict[str, tuple[int, ...]]) -> bool:
+    """A constant of rank <= 1: the same for every token, so packing rows cannot change it.
+    Values computed at run time (absent from `constants`) are refused."""
+    return name in constants and len(constants[name]) <= 1
 
 
 def _axis(node: onnx.NodeProto) -> int | None:
