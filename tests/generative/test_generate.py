@@ -16,6 +16,7 @@ from inferopt.generative.generate import (
     GenerationConfig,
     Generator,
     StopFilter,
+    _BoundCache,
     generate,
     stream,
 )
@@ -32,22 +33,58 @@ def gen(tiny_llama_artifact: Path) -> Generator:
     return Generator(tiny_llama_artifact)
 
 
+class PlainLoop:
+    """The decoder run with numpy feeds and fetches, no IO binding: each present is fed back
+    as the next past."""
+
+    def __init__(self, gen: Generator) -> None:
+        self.gen, layout = gen, gen.layout
+        empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
+        self.past, self.done = [empty] * len(layout.past_names()), 0
+
+    def run(self, ids: Sequence[int]) -> np.ndarray:
+        """Feed `ids` after the cached ones; the last position's logits [vocab]."""
+        layout, total = self.gen.layout, self.done + len(ids)
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            **dict(zip(layout.past_names(), self.past, strict=True)),
+        }
+        if "position_ids" in {i.name for i in self.gen.session.get_inputs()}:
+            feeds["position_ids"] = np.arange(self.done, total, dtype=np.int64)[None]
+        logits, *self.past = self.gen.session.run(["logits", *layout.present_names()], feeds)
+        self.done = total
+        last: np.ndarray = logits[0, -1]
+        return last
+
+
 def reference_greedy(gen: Generator, prompt_ids: Sequence[int], steps: int) -> list[int]:
-    """Greedy decoding with numpy feeds and fetches, no IO binding, EOS ignored."""
-    layout, inputs = gen.layout, {i.name for i in gen.session.get_inputs()}
-    empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
-    past = [empty] * len(layout.past_names())
-    ids, done, out = np.asarray([prompt_ids], dtype=np.int64), 0, []
-    for _ in range(steps):
-        total = done + ids.shape[1]
-        feeds = {"input_ids": ids, "attention_mask": np.ones((1, total), dtype=np.int64)}
-        if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(done, total, dtype=np.int64)[None]
-        feeds.update(zip(layout.past_names(), past, strict=True))
-        logits, *past = gen.session.run(["logits", *layout.present_names()], feeds)
-        out.append(int(np.argmax(logits[0, -1])))
-        ids, done = np.asarray([[out[-1]]], dtype=np.int64), total
+    """Greedy decoding by the plain loop, EOS ignored."""
+    loop = PlainLoop(gen)
+    out = [int(np.argmax(loop.run(prompt_ids)))]
+    while len(out) < steps:
+        out.append(int(np.argmax(loop.run([out[-1]]))))
     return out
+
+
+def test_the_cache_is_updated_in_place_with_the_same_logits(gen: Generator) -> None:
+    """GroupQueryAttention graphs: past and present share one buffer per tensor, the new keys
+    land in it after the cached ones, and the logits equal a plain loop's at every step."""
+    assert gen.layout.in_place
+    ids = gen.prompt_ids(PROMPT + " the first of the items in the list")
+    prefill = len(ids) - 5
+    cache = _BoundCache(gen.session, gen.layout, "position_ids" in gen._inputs, len(ids))
+    logits = [cache.run(np.asarray(ids[:prefill], dtype=np.int64))]
+    logits += [cache.run(np.asarray([i], dtype=np.int64)) for i in ids[prefill:]]
+    plain = PlainLoop(gen)
+    expected = [plain.run(ids[:prefill])] + [plain.run([i]) for i in ids[prefill:]]
+    np.testing.assert_allclose(np.stack(logits), np.stack(expected), atol=1e-5)
+    keys = cache._arrays[0]  # the numpy memory bound as past and present of layer 0's key
+    assert keys.shape[2] == len(ids) and np.abs(keys).sum(axis=(0, 1, 3)).all()
+    with pytest.raises(ValueError, match="holds 8 tokens: 8 cached"):
+        full = _BoundCache(gen.session, gen.layout, "position_ids" in gen._inputs, 8)
+        full.run(np.asarray(ids[:8], dtype=np.int64))
+        full.run(np.asarray(ids[8:9], dtype=np.int64))
 
 
 def until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
@@ -167,6 +204,7 @@ def test_a_dynamo_export_generates_the_same_tokens(
     from inferopt.generative.export import export_causal_lm
 
     dynamo = Generator(export_causal_lm(tiny_llama_folder, tmp_path / "dyn", exporter="dynamo"))
+    assert not dynamo.layout.in_place  # a concatenating graph: present is a fresh buffer
     prompt_ids = gen.prompt_ids(PROMPT)
     ours = list(dynamo.token_ids(prompt_ids, GenerationConfig(max_new_tokens=16)))
     assert ours == until_eos(reference_greedy(dynamo, prompt_ids, 16), dynamo.eos_ids)

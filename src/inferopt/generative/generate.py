@@ -227,9 +227,11 @@ class Generator:
         """
         self.check_length(len(prompt_ids), config.max_new_tokens)
         rng = np.random.default_rng(config.seed)
-        cache = _BoundCache(self.session, self.layout, "position_ids" in self._inputs)
+        positions = "position_ids" in self._inputs
+        capacity = len(prompt_ids) + config.max_new_tokens
+        cache = _BoundCache(self.session, self.layout, positions, capacity)
         logits = cache.run(np.asarray(prompt_ids, dtype=np.int64))
-        for _ in range(config.max_new_tokens):
+        for step in range(config.max_new_tokens):
             token = next_token(
                 logits,
                 temperature=config.temperature,
@@ -240,7 +242,8 @@ class Generator:
             if token in self.eos_ids and not config.ignore_eos:
                 return
             yield token
-            logits = cache.run(np.asarray([token], dtype=np.int64))
+            if step + 1 < config.max_new_tokens:  # the last token's logits are not needed
+                logits = cache.run(np.asarray([token], dtype=np.int64))
 
     def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raises InputError, with the figures, when the prompt or prompt + max_new_tokens
@@ -298,41 +301,80 @@ class Generator:
 class _BoundCache:
     """One generation's KV cache, kept in ONNX Runtime memory between steps by IO binding.
 
-    Each run binds the present outputs to ORT-allocated memory and the next run binds those
-    same OrtValues as its past: no copy to or from numpy. Only the logits of the last
-    position come back to numpy ([vocab], float32).
+    In place (`layout.in_place`, GroupQueryAttention graphs): one float buffer per cache
+    tensor, [1, kv_heads, capacity, head_dim], bound as both past and present once, so a
+    step writes its new keys and values after the cached ones and copies nothing else (as
+    ORT GenAI's `past_present_share_buffer`). The buffers come from np.zeros, whose pages
+    the OS maps only when written, so an unused capacity costs address space, not memory.
+    Otherwise (graphs that concatenate their cache) each run binds the present outputs to
+    ORT-allocated memory and the next run binds those same OrtValues as its past.
+    Only the logits of the last position come back to numpy ([vocab], float32).
+
+    Raises:
+        ValueError: capacity < 1.
     """
 
-    def __init__(self, session: ort.InferenceSession, layout: KvLayout, positions: bool):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        layout: KvLayout,
+        positions: bool,
+        capacity: int | None = None,
+    ) -> None:
         self.session = session
         self.binding = session.io_binding()
         self.positions = positions
         self.past_names = layout.past_names()
         self.present_names = layout.present_names()
-        empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
-        self.past = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+        self.in_place = layout.in_place
+        self.capacity = layout.max_context if capacity is None else capacity
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {self.capacity}")
+        rows = self.capacity if self.in_place else 0
+        shape = (1, layout.kv_heads, rows, layout.head_dim)
+        self._arrays = [np.zeros(shape, dtype=layout.dtype) for _ in self.past_names]
+        self.past = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays]
+        if self.in_place:
+            for past, present, value in zip(
+                self.past_names, self.present_names, self.past, strict=True
+            ):
+                self.binding.bind_ortvalue_input(past, value)
+                self.binding.bind_ortvalue_output(present, value)
         self.length = 0
 
     def run(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """Feed `ids` ([seq] int64) after the cached tokens; the last position's logits."""
+        """Feed `ids` ([seq] int64) after the cached tokens; the last position's logits.
+
+        Raises:
+            ValueError: an in-place cache would pass its capacity.
+        """
         total = self.length + ids.size
+        if self.in_place and total > self.capacity:
+            raise ValueError(
+                f"the KV cache holds {self.capacity} tokens: {self.length} cached + "
+                f"{ids.size} fed = {total}"
+            )
         b = self.binding
         b.bind_cpu_input("input_ids", ids.reshape(1, -1))
         b.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
         if self.positions:
             b.bind_cpu_input("position_ids", np.arange(self.length, total, dtype=np.int64)[None])
-        for name, value in zip(self.past_names, self.past, strict=True):
-            b.bind_ortvalue_input(name, value)
-        # Outputs are bound again every run: after a run the binding holds the allocated
-        # outputs, whose shapes no longer fit (the cache grew by the tokens fed).
+        if not self.in_place:
+            # Bound again every run: after a run the binding holds the allocated outputs,
+            # whose shapes no longer fit (the cache grew by the tokens fed).
+            for name, value in zip(self.past_names, self.past, strict=True):
+                b.bind_ortvalue_input(name, value)
+            for name in self.present_names:
+                b.bind_output(name, "cpu")
         b.bind_output("logits", "cpu")
-        for name in self.present_names:
-            b.bind_output(name, "cpu")
         self.session.run_with_iobinding(b)
         outputs = b.get_outputs()
-        self.past = list(outputs[1:])
         self.length = total
-        logits: npt.NDArray[np.float32] = outputs[0].numpy()[0, -1]
+        if self.in_place:  # the presents were bound first: logits is the last output
+            logits: npt.NDArray[np.float32] = outputs[-1].numpy()[0, -1]
+            return logits
+        self.past = list(outputs[:-1])
+        logits = outputs[-1].numpy()[0, -1]
         return logits
 
 

@@ -5,6 +5,11 @@ decoder with inputs `input_ids`, `attention_mask`, optional `position_ids` and t
 cache `past_key_values.{i}.key` / `.value`, and outputs `logits` and the present cache
 `present.{i}.key` / `.value`, every cache tensor laid out [batch, kv_heads, sequence,
 head_dim]. `KvLayout.of` reads that from a graph and refuses anything else by name.
+
+When the attention is ONNX Runtime's GroupQueryAttention (the builder's graphs and every pass
+after them), the cache can be updated in place: past and present bound to the same
+max-length buffer, the new keys and values written after the attention mask's row sum. Other
+graphs (the dynamo exporter's) concatenate past and new into a fresh present every step.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
 @dataclass(frozen=True)
 class KvLayout:
     """A decoder's cache: `layers` pairs of [batch, kv_heads, sequence, head_dim] tensors of
-    `dtype` (a numpy dtype name), sized for at most `max_context` tokens.
+    `dtype` (a numpy dtype name), sized for at most `max_context` tokens. `in_place`: the
+    graph writes new keys and values into its past buffer when present is bound to the same
+    memory (GroupQueryAttention), so a step need not copy the cache.
 
     Raises:
         ValueError: a count below 1.
@@ -38,6 +45,7 @@ class KvLayout:
     head_dim: int
     dtype: str = "float32"
     max_context: int = DEFAULT_MAX_CONTEXT
+    in_place: bool = False
 
     def __post_init__(self) -> None:
         for name in ("layers", "kv_heads", "head_dim", "max_context"):
@@ -88,4 +96,5 @@ class KvLayout:
                 f"fixed kv_heads and head_dim, got {dims}"
             )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(first.elem_type).name
-        return cls(len(past), dims[1], dims[3], dtype, max_context)
+        in_place = any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
+        return cls(len(past), dims[1], dims[3], dtype, max_context, in_place)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnxruntime as ort
 
 from inferopt.errors import InputError
@@ -63,14 +62,13 @@ class SlotPool:
     def __init__(self, generator: Generator, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        graph = onnx.load(str(generator.folder / "model.onnx"), load_external_data=False)
-        if not any(n.op_type == "GroupQueryAttention" for n in graph.graph.node):
+        layout = generator.layout
+        if not layout.in_place:
             raise InputError(
                 f"{generator.folder}: continuous batching needs a decoder whose attention is "
                 "GroupQueryAttention (ORT GenAI's builder export, `inferopt export`'s default "
                 "for Llama, Qwen2 and Phi3); this one concatenates its cache"
             )
-        layout = generator.layout
         if layout.dtype != "float32":
             raise InputError(f"{generator.folder}: a {layout.dtype} KV cache is not supported")
         self.session = generator.session
@@ -80,7 +78,7 @@ class SlotPool:
         shape = (slots, layout.kv_heads, layout.max_context, layout.head_dim)
         self.buffers = [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
         self.lengths = [0] * slots  # tokens held by each row
-        self.positions = "position_ids" in {i.name for i in graph.graph.input}
+        self.positions = "position_ids" in generator._inputs
         self._views: dict[int, list[ort.OrtValue]] = {}
 
     def prefill(self, slot: int, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
