@@ -32,9 +32,18 @@ def test_a_transformer_gets_every_family_with_smoothing_variants() -> None:
     assert blocks == ["fuse,int8-block:block_size=128", "fuse,int8-block:block_size=64",
                       "fuse,int8-block"]  # fmt: skip
     assert texts.index(blocks[-1]) < texts.index("fuse,int8-dynamic")
+    # no fp16 arithmetic on this CPU: fp16/bf16 after every INT8 recipe
+    assert texts.index("fuse,fp16") > texts.index("fuse,smooth,int8-static:calibration=entropy")
     assert len(texts) == len(set(texts))
     assert all(Recipe.parse(t).to_json() == c.recipe.to_json()
                for t, c in zip(texts, candidates(TRANSFORMER), strict=True))  # fmt: skip
+
+
+def test_fp16_comes_right_after_the_graph_where_the_cpu_computes_in_fp16() -> None:
+    fast = Facts(**{**vars(TRANSFORMER), "fast_fp16": True})
+    texts = [c.text for c in candidates(fast)]
+    assert texts[:3] == ["fuse", "fuse,fp16", "fuse,bf16"]
+    assert sorted(texts) == sorted(c.text for c in candidates(TRANSFORMER))  # only the order
 
 
 def test_int8_is_left_out_when_nothing_has_constant_weights() -> None:

@@ -41,7 +41,7 @@ class Facts:
     dynamic_int8: bool  # MatMul/Gemm/Attention with constant weights
     static_int8: bool  # Conv/MatMul/Gemm with constant weights, and calibration data
     smoothable: bool  # MatMul with constant weights fed by activations
-    fast_fp16: bool  # the CPU has native fp16 arithmetic (not just conversion)
+    fast_fp16: bool  # the CPU has native fp16 arithmetic (not just conversion): fp16 tried early
     trainable: bool  # the source is a PyTorch module we can prune or distill
     unpaddable: bool = False  # one [batch, seq] mask input, and MatMuls: padding can be skipped
 
@@ -86,8 +86,16 @@ def candidates(facts: Facts, training: tuple[str, ...] = ()) -> list[Candidate]:
     packed = (fuse, unpad.Unpad()) if facts.unpaddable else (fuse,)
     if facts.unpaddable:
         found.append(Candidate(Recipe(packed), "graph"))
-    for cls in (Float16, BFloat16Weights):
-        found += [Candidate(Recipe((fuse, cls(**o))), "precision") for o in cls.search]
+    # fp16/bf16 go right after the graph only where the CPU computes in fp16: elsewhere ONNX
+    # Runtime mostly casts around float kernels (fuse,fp16 0.66x and fuse,bf16 0.89x on
+    # minilm, AVX-512 BF16 present), and they would take the time a short budget has for INT8.
+    precision = [
+        Candidate(Recipe((fuse, cls(**o))), "precision")
+        for cls in (Float16, BFloat16Weights)
+        for o in cls.search
+    ]
+    if facts.fast_fp16:
+        found += precision
     if facts.block_int8:  # the int8 closest to float first: per-row, per-block scales
         found += [
             Candidate(Recipe((*packed, blockwise.BlockInt8(**o))), "int8-block")
@@ -104,6 +112,8 @@ def candidates(facts: Facts, training: tuple[str, ...] = ()) -> list[Candidate]:
             prefix = (fuse,) if smooth is None else (fuse, smooth)
             for options in quantizer.search:
                 found.append(Candidate(Recipe((*prefix, quantizer(**options))), family))
+    if not facts.fast_fp16:
+        found += precision
     if facts.trainable:
         found += _with_training(training, found, facts)
     return found
