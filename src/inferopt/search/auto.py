@@ -24,7 +24,7 @@ from inferopt.passes.base import PassContext
 from inferopt.passes.recipe import Recipe
 from inferopt.recipes import resolve_data
 from inferopt.search import space, training, write
-from inferopt.search.evaluate import MIN_ROUND_S, LatencyComparison
+from inferopt.search.evaluate import LatencyComparison, comparison_seconds
 from inferopt.search.executor import INLINE, Executor, Job, Lookahead
 from inferopt.search.fidelity import Fidelity, checks, noise_floor, run_outputs
 from inferopt.search.metric import Metric, resolve_budget
@@ -397,7 +397,7 @@ def confirm_shortlist(
 def confirm_cost(per_sample_s: float) -> float:
     """Seconds for one full interleaved comparison: both models, every round, every feed,
     with a margin for warm-up and for rounds stretched to their minimum length."""
-    return 1.5 * 2 * FULL_ROUNDS * max(FULL_FEEDS * per_sample_s, MIN_ROUND_S)
+    return 1.5 * comparison_seconds(FULL_ROUNDS, FULL_FEEDS * per_sample_s)
 
 
 def final_choice(result: SearchResult) -> Choice:

@@ -3,10 +3,13 @@ data (search.fidelity), latency measured interleaved with the baseline, and size
 
 Latency is compared, never taken alone: this machine is shared, so the two models run in
 alternating rounds over the same real inputs at batch 1, and the ratio of their median round
-times is reported with the spread of the per-round ratios."""
+times is reported with the spread of the per-round ratios. Each round starts with an untimed
+settle: a session that runs right after another is slow for its first tens of milliseconds,
+and without it the order of the two in a round decided a third of the ratio."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -24,6 +27,11 @@ from inferopt.search.fidelity import Fidelity, Judge, Outputs, run_outputs
 # "embedding": nearest-neighbour (top-1) agreement; "agreement": mean cosine / argmax agreement.
 MetricName = Literal["top1", "retrieval", "embedding", "agreement"]
 MIN_ROUND_S = 0.05  # a latency round repeats its feeds at least this long: shorter is timer noise
+# Untimed runs before each round. Measured on minilm (2-core AMD EPYC, ORT 1.32, 2 threads):
+# after another session ran, a session's first ~70 ms run up to 2x slower (its worker threads
+# had gone to sleep, the other's still spin), so a model timed second in a round looked 1.5x
+# slower than itself timed first: an A/A comparison gave 0.57-0.80x over 3 rounds.
+SETTLE_S = 0.15
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ def compare_latency(
     for r in range(rounds):
         order = (0, 1) if r % 2 == 0 else (1, 0)
         for index in order:
+            _settle(sessions[index], feeds, SETTLE_S)
             times[index].append(_round(sessions[index], feeds, repeats) / repeats)
     base, cand = np.array(times[0]), np.array(times[1])
     ratios = base / cand
@@ -101,6 +110,22 @@ def compare_latency(
         rounds=rounds,
         samples=len(feeds),
     )
+
+
+def comparison_seconds(rounds: int, round_s: float) -> float:
+    """What compare_latency takes at least: both models, every round, each round settled
+    (SETTLE_S) then timed for `round_s` seconds (MIN_ROUND_S at least)."""
+    return 2 * rounds * (max(round_s, MIN_ROUND_S) + SETTLE_S)
+
+
+def _settle(session: Any, feeds: Sequence[dict[str, np.ndarray]], seconds: float) -> None:
+    """Run `session` untimed over the feeds, cycling, until `seconds` have passed (one feed
+    at least)."""
+    end = time.perf_counter() + seconds
+    for feed in itertools.cycle(feeds):
+        session.run(None, feed)
+        if time.perf_counter() >= end:
+            return
 
 
 def _round(session: Any, feeds: Sequence[dict[str, np.ndarray]], repeats: int) -> float:

@@ -20,7 +20,7 @@ from inferopt.model import Model
 from inferopt.passes.base import PassContext
 from inferopt.recipes import Data, apply
 from inferopt.runtime import SessionConfig
-from inferopt.search.evaluate import MIN_ROUND_S, LatencyComparison, compare_latency
+from inferopt.search.evaluate import LatencyComparison, compare_latency, comparison_seconds
 from inferopt.search.fidelity import Judge, Outputs, run_outputs, subset
 from inferopt.search.metric import Metric
 from inferopt.search.select import Objective, Scored
@@ -274,7 +274,7 @@ def feed_seconds(bench: Bench, objective: str) -> float:
 
 def _comparison_cost(round_s: float) -> float:
     """Both models, every round plus a warm-up, with a margin for rounds stretched."""
-    return 1.5 * 2 * (OTHER_ROUNDS + 1) * max(round_s, MIN_ROUND_S)
+    return 1.5 * comparison_seconds(OTHER_ROUNDS + 1, round_s)
 
 
 def finished_line(outcome: Outcome, row: Scored, within: bool, timed_at: str) -> str:
