@@ -1,8 +1,11 @@
 """Shared by the benchmark scripts: interleaved timing, result files, the machine's state.
 
 Every comparison runs its candidates in rotating order within each round over the same inputs,
-so slow drift on a shared machine (other processes, thermal state) hits all of them alike; the
-figure reported is the median over rounds, with the spread of per-round ratios."""
+so slow drift on a shared machine (other processes, thermal state) hits all of them alike, and
+each timed pass comes right after an untimed one of the same candidate (see `interleaved`);
+the figure reported is the median over rounds, with the spread of per-round ratios.
+Results made before 2026-12-04 17:30 UTC were timed without that settling pass: their ratios
+are pulled towards 1 (int8_block: 1.51x at batch 1 then, 1.58x after, same recipe)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,11 @@ Runner = Callable[[], None]  # runs one candidate once over the whole input set
 def interleaved(
     runners: dict[str, Runner], rounds: int = 9, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per round for each runner, candidates rotated each round."""
+    """Seconds per round for each runner, candidates rotated each round. Each timed run comes
+    right after an untimed one of the same runner: an ONNX Runtime session that runs right
+    after another is up to 2x slower for its first ~70 ms (2-core AMD EPYC, measured in
+    inferopt.search.evaluate), which would add the same milliseconds to every runner and
+    pull the ratios towards 1."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -34,6 +41,7 @@ def interleaved(
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            runners[name]()  # settle, untimed
             start = time.perf_counter()
             runners[name]()
             times[name].append(time.perf_counter() - start)

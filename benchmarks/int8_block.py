@@ -111,8 +111,9 @@ def _table(rows: list[list[Any]], n_fidelity: int, n_timed: int) -> dict[str, An
         rows,
         f"Speed-ups against ONNX Runtime fp32 as exported, every row timed in the same rounds "
         f"in rotating order ({ROUNDS['b1']} rounds over {n_timed} held-out sentences at batch "
-        f"1; {ROUNDS['b32']} rounds of 32 sentences padded to 128 tokens), median of per-round "
-        "ratios with their IQR; 2 intra-op threads. Drop: the search's fidelity rule for "
+        f"1; {ROUNDS['b32']} rounds of 32 sentences padded to 128 tokens), each timed pass "
+        "right after an untimed one of the same row, median of per-round ratios with their "
+        "IQR; 2 intra-op threads. Drop: the search's fidelity rule for "
         "retrieval (search.fidelity): nDCG@10 of fp32's 10 nearest neighbours, the worse of "
         "alone and in padded batches of 8, with the upper end of its 95% bootstrap interval; "
         "the search's default budget is 1%. int8-block: MatMulNBits, 8-bit weights with one "
