@@ -1,6 +1,7 @@
 """Latency of ONNX Runtime sessions, measured honestly: warm-up excluded, repeated until the
 median's 95% confidence interval is narrow enough or a time cap is hit, and several sessions
-interleaved (A, B, A, B, ...) so that a drift in machine load hits all of them alike.
+interleaved in short blocks (A, B, A, B, ...) so that a drift in machine load hits all of them
+alike, each block settled first so that no timed run follows another session's.
 
 Each run records wall time, process CPU time and, where readable, RAPL package energy; the
 energy module turns the last two into joules per inference.
@@ -25,6 +26,16 @@ from inferopt.report.schema import StopReason
 Runner = Callable[[], object]
 # Called at each convergence check with (runs so far, worst CI half-width in % of the median).
 OnCheck = Callable[[int, float], None]
+# Untimed runs of a session before it is timed right after another one. Measured on minilm
+# (2-core AMD EPYC, ORT 1.32, 2 threads): after another session ran, a session's first ~70 ms
+# run up to 2x slower (its worker threads had gone to sleep, the other's still spin). Timed
+# run by run in alternation, a model that runs in 10.1 ms alone read 19.7 ms, and an A/A
+# comparison of the search's probe read 0.57-0.80x.
+SETTLE_S = 0.15
+# When several sessions are compared, each turn times one of them this long (one run at least)
+# after its settle: the settle then costs 0.15 s in 0.4 s, and each session still gets a turn
+# every ~0.8 s (two sessions), often enough to share the machine's drifts.
+BLOCK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,12 @@ def measure_interleaved(
     rapl: RaplCounter | None = None,
     on_check: OnCheck | None = None,
 ) -> list[RunRecord]:
-    """Warm each runner up, then run them in turn until `rule` says stop; one record each."""
+    """Warm each runner up, then time them in turn until `rule` says stop; one record each.
+
+    One runner is timed run after run. Several take turns: each turn runs its runner untimed
+    for SETTLE_S (one run at least), then timed for BLOCK_S (one run at least; shorter when the
+    rule's time cap is near, alike for every runner; ended by max_runs), so no timed run comes
+    right after another session's."""
     records = [RunRecord(energy_j=[] if rapl else None) for _ in runners]
     for runner, record in zip(runners, records, strict=True):
         record.warmup_runs = _warm_up(runner, rule)
@@ -98,9 +114,19 @@ def measure_interleaved(
     next_check = rule.min_runs
     reason: StopReason | None = None
     while reason is None:
+        # Every turn of a rotation lasts as long, the time cap's remainder shared among them.
+        left = start + rule.max_time_s - time.perf_counter()
+        block = min(BLOCK_S, left / len(runners) - SETTLE_S)
         for runner, record in zip(runners, records, strict=True):
+            if len(runners) == 1:
+                _timed_run(runner, record, rapl)
+                continue
+            _settle(runner, SETTLE_S)
+            end = time.perf_counter() + block
             _timed_run(runner, record, rapl)
-        runs = len(records[0].wall_s)
+            while time.perf_counter() < end and len(record.wall_s) < rule.max_runs:
+                _timed_run(runner, record, rapl)
+        runs = min(len(r.wall_s) for r in records)
         elapsed = time.perf_counter() - start
         if runs >= next_check or elapsed >= rule.max_time_s or runs >= rule.max_runs:
             # Checks grow geometrically: each check sorts every sample, which would dominate the
@@ -122,6 +148,14 @@ def _warm_up(runner: Runner, rule: StopRule) -> int:
     return runs
 
 
+def _settle(runner: Runner, seconds: float) -> None:
+    """Run untimed until `seconds` have passed, one run at least (see SETTLE_S)."""
+    end = time.perf_counter() + seconds
+    runner()
+    while time.perf_counter() < end:
+        runner()
+
+
 def _timed_run(runner: Runner, record: RunRecord, rapl: RaplCounter | None) -> None:
     # Energy and CPU time are read outside the wall-clock window so they do not inflate it.
     energy_before = rapl.read_joules() if rapl else 0.0
@@ -139,7 +173,7 @@ def _timed_run(runner: Runner, record: RunRecord, rapl: RaplCounter | None) -> N
 def _stop_reason(
     records: list[RunRecord], rule: StopRule, elapsed: float, on_check: OnCheck | None
 ) -> StopReason | None:
-    runs = len(records[0].wall_s)
+    runs = min(len(r.wall_s) for r in records)
     worst = max(ci_halfwidth_pct(r.wall_s) for r in records)
     if on_check is not None:
         on_check(runs, worst)

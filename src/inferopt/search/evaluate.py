@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from inferopt.data import Dataset
+from inferopt.measure.latency import SETTLE_S
 from inferopt.model import Model
 from inferopt.runtime import SessionConfig
 from inferopt.search.fidelity import Fidelity, Judge, Outputs, run_outputs
@@ -27,11 +28,8 @@ from inferopt.search.fidelity import Fidelity, Judge, Outputs, run_outputs
 # "embedding": nearest-neighbour (top-1) agreement; "agreement": mean cosine / argmax agreement.
 MetricName = Literal["top1", "retrieval", "embedding", "agreement"]
 MIN_ROUND_S = 0.05  # a latency round repeats its feeds at least this long: shorter is timer noise
-# Untimed runs before each round. Measured on minilm (2-core AMD EPYC, ORT 1.32, 2 threads):
-# after another session ran, a session's first ~70 ms run up to 2x slower (its worker threads
-# had gone to sleep, the other's still spin), so a model timed second in a round looked 1.5x
-# slower than itself timed first: an A/A comparison gave 0.57-0.80x over 3 rounds.
-SETTLE_S = 0.15
+# Each round starts with SETTLE_S of untimed runs (inferopt.measure.latency says why): without
+# it a model timed second in a round looked 1.5x slower than itself timed first.
 
 
 @dataclass(frozen=True)
