@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def interleaved(
     """Seconds per round for each runner, candidates rotated each round. Each timed run comes
     right after an untimed one of the same runner: an ONNX Runtime session that runs right
     after another is up to 2x slower for its first ~70 ms (2-core AMD EPYC, measured in
-    inferopt.search.evaluate), which would add the same milliseconds to every runner and
+    inferopt.measure.latency), which would add the same milliseconds to every runner and
     pull the ratios towards 1."""
     for run in runners.values():
         for _ in range(warmup):
@@ -90,6 +91,43 @@ def machine() -> dict[str, Any]:
         "libraries": info.libraries,
         "load_average": list(os.getloadavg()),
     }
+
+
+@contextmanager
+def contention() -> Iterator[dict[str, float]]:
+    """Measure what else took the CPUs while the `with` body ran. The dict it yields is filled
+    on exit with `other_share`, the CPU time of every other process (children count once
+    they have been waited for), and `steal_share`, the time the hypervisor gave this VM's
+    CPUs to other guests, each as a share of all cores over the wall time (0: none, 1: every
+    core all the time).
+
+    Why: a figure compute-bound on 2 cores (int4 decode) loses speed to any other process,
+    while a bandwidth-bound one (fp32 decode) barely does, so a busy machine pulls their ratio
+    down (#16: 2.26x fp32 with other work running, 2.81x on a quiet machine). The load
+    average cannot tell this benchmark's own threads from others'."""
+    import psutil
+
+    me = psutil.Process()
+    cores = psutil.cpu_count() or 1
+
+    def busy() -> tuple[float, float]:
+        t = psutil.cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        steal = getattr(t, "steal", 0.0)
+        guests = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # counted in user
+        return sum(t) - idle - steal - guests, steal
+
+    def own() -> float:
+        t = me.cpu_times()
+        return float(t.user + t.system + t.children_user + t.children_system)
+
+    figures: dict[str, float] = {}
+    start, (busy0, steal0), own0 = time.perf_counter(), busy(), own()
+    yield figures
+    wall = (time.perf_counter() - start) * cores
+    busy1, steal1 = busy()
+    figures["other_share"] = max(0.0, (busy1 - busy0) - (own() - own0)) / wall
+    figures["steal_share"] = (steal1 - steal0) / wall
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

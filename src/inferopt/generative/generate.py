@@ -368,13 +368,11 @@ class _BoundCache:
                 b.bind_output(name, "cpu")
         b.bind_output("logits", "cpu")
         self.session.run_with_iobinding(b)
-        outputs = b.get_outputs()
+        outputs = b.get_outputs()  # the presents were bound first: logits is the last output
         self.length = total
-        if self.in_place:  # the presents were bound first: logits is the last output
-            logits: npt.NDArray[np.float32] = outputs[-1].numpy()[0, -1]
-            return logits
-        self.past = list(outputs[:-1])
-        logits = outputs[-1].numpy()[0, -1]
+        if not self.in_place:
+            self.past = list(outputs[:-1])
+        logits: npt.NDArray[np.float32] = outputs[-1].numpy()[0, -1]
         return logits
 
 
