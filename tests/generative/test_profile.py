@@ -87,8 +87,12 @@ def test_roofline(profile: GeneratorProfile) -> None:
     assert w.matmul_params == LAYERS * (HIDDEN * 128 + HIDDEN * HIDDEN + 3 * HIDDEN * 128) + (
         HIDDEN * 512
     )
-    assert r.attention_counted
-    assert r.prefill_flops_per_token == 2 * w.matmul_params + 4 * LAYERS * HIDDEN * 257 / 2
+    assert r.attention_counted and r.last_logits
+    # Last-position logits, as generate runs them: the lm_head (HIDDEN x 512) once in 256 tokens.
+    head = HIDDEN * 512
+    assert r.prefill_flops_per_token == pytest.approx(
+        2 * (w.matmul_params - head) + 2 * head / 256 + 4 * LAYERS * HIDDEN * 257 / 2
+    )
 
 
 def test_json_round_trips(profile: GeneratorProfile) -> None:

@@ -224,6 +224,8 @@ def _summary_table(p: GeneratorProfile) -> Table:
     d, kv, w, r, hw = p.decode, p.kv, p.weights, p.roofline, p.hardware
     packed = f", {w.packed_matmuls} MatMulNBits" if w.packed_matmuls else ""
     attention = " + attention" if r.attention_counted else " (attention not counted)"
+    if r.last_logits:
+        attention += ", lm_head once a prompt: last-position logits"
     rows = (
         ("decode", f"{d.tokens_per_s:,.1f} tokens/s ({d.tokens} tokens x {d.runs} runs after a "
          f"{d.prompt_tokens}-token prompt)"),

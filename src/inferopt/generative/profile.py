@@ -154,9 +154,12 @@ class Roofline:
     decode_fraction: float  # measured decode tokens/s / decode_roof_tokens_per_s
     prefill_tokens: int
     attention_counted: bool  # genai_config.json gave layers, heads and head size
-    prefill_flops_per_token: float  # 2 N + 4 layers d_attn (P + 1) / 2
+    prefill_flops_per_token: float  # 2 N + 4 layers d_attn (P + 1) / 2, lm_head once a prompt
     prefill_flops_per_s: float
     prefill_fraction_of_fp32_peak: float
+    # The prefill computed the last position's logits only (as `inferopt generate` and the
+    # server run it), so the lm_head's 2 x vocab x hidden FLOPs count once a prompt.
+    last_logits: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ def profile_generator(
     meter.reset_peak()
     say("loading the artifact")
     threads = SessionConfig(intra_op_threads=config.threads or 0)
-    gen = gen_.Generator(folder, max_context=cap, session_config=threads)
+    # Last-position logits, as `inferopt generate` and the server run them: TTFT is theirs.
+    gen = gen_.Generator(folder, max_context=cap, session_config=threads, last_logits=True)
     layout, vocab = gen.layout, max(2, int(gen.genai.get("vocab_size") or 2))
     positions = "position_ids" in {i.name for i in gen.session.get_inputs()}
     ids = np.random.default_rng(0).integers(1, vocab, size=cap, dtype=np.int64)  # fixed ids
@@ -330,8 +334,10 @@ def profile_generator(
     longest = min(cap, lengths[-1] + config.decode_tokens)
     kv = KvFigures(layout.layers, layout.kv_heads, layout.head_dim, layout.dtype, per_token,
                    cap, per_token * cap, longest, per_token * longest)  # fmt: skip
+    decoder = gen.genai.get("decoder", {})
+    head = vocab * int(decoder.get("hidden_size") or 0) if gen.last_logits else 0
     roof = _roofline(peaks.bandwidth_bytes_per_s, peaks.fp32_flops_per_s, weights, kv, dec,
-                     firsts[-1], gen.genai.get("decoder", {}))  # fmt: skip
+                     firsts[-1], decoder, head)  # fmt: skip
     slow = firsts[-1].prefill_tokens_per_s < FLAG_RATIO * dec.tokens_per_s
     note = (
         f"prefill ({firsts[-1].prefill_tokens_per_s:.0f} tokens/s at {firsts[-1].prompt_tokens} "
@@ -369,21 +375,25 @@ def _roofline(
     dec: Decode,
     prefill: FirstToken,
     decoder: dict[str, Any],
+    head_params: int = 0,
 ) -> Roofline:
     """Decode: bytes/token = weights per token + KV bytes/token x mean context, where step i
     (0-based) after a P-token prompt holds P + i + 1 tokens, so the mean is P + (T + 1) / 2.
     Prefill of P tokens: FLOPs/token = 2 N + 4 n_layer d_attn (P + 1) / 2 (causal: token j
-    attends to j positions, mean (P + 1) / 2), d_attn = heads x head size."""
+    attends to j positions, mean (P + 1) / 2), d_attn = heads x head size; `head_params`
+    (vocab x hidden, when only the last position's logits are computed) count once a prompt:
+    2 (N - H) + 2 H / P instead of 2 N."""
     mean_context = dec.prompt_tokens + (dec.tokens + 1) / 2
     kv_read = kv.bytes_per_token * mean_context
     per_token = weights.bytes_per_token + kv_read
     roof = bandwidth / per_token
     layers, heads, size = (int(decoder.get(k) or 0) for k in _ATTENTION_KEYS)
     attention = 4 * layers * heads * size * (prefill.prompt_tokens + 1) / 2
-    flops = 2 * weights.matmul_params + attention
+    matmul = 2 * (weights.matmul_params - head_params) + 2 * head_params / prefill.prompt_tokens
+    flops = matmul + attention
     achieved = flops * prefill.prompt_tokens / prefill.median_s
     return Roofline(
         bandwidth, fp32_peak, weights.bytes_per_token, mean_context, kv_read, per_token, roof,
         dec.tokens_per_s / roof, prefill.prompt_tokens, attention > 0, flops, achieved,
-        achieved / fp32_peak,
+        achieved / fp32_peak, head_params > 0,
     )  # fmt: skip
