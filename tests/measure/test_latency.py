@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ import pytest
 from inferopt.errors import InputError
 from inferopt.measure.latency import StopRule, make_runner, measure_interleaved, quick_latency
 from inferopt.model import Model
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures"))
+from switching import Switching
 
 
 def _sleeper(seconds: float, calls: list[str], name: str, jitter: float = 0.0) -> object:
@@ -38,27 +43,12 @@ def test_several_runners_take_settled_turns_after_each_warms_up() -> None:
     assert all(0.0009 < t < 0.05 for t in rec_a.wall_s)
 
 
-class _Switching:
-    """A session that runs slow right after another one ran on the same `machine`, as ONNX
-    Runtime's do on a small machine: each run sleeps 1 ms, or 2 ms in the first 20 ms after
-    a switch."""
-
-    def __init__(self, machine: dict[str, object]) -> None:
-        self.machine, self.since = machine, 0.0
-
-    def __call__(self) -> None:
-        now = time.perf_counter()
-        if self.machine.get("last") is not self:
-            self.machine["last"], self.since = self, now
-        time.sleep(0.002 if now - self.since < 0.02 else 0.001)
-
-
 def test_compared_sessions_are_timed_at_their_settled_speed() -> None:
     """Timed run by run in alternation, each run would follow the other session's and read
     2 ms; settled turns read each at its own 1 ms, and equal to each other."""
     machine: dict[str, object] = {}
     rule = StopRule(target_ci_pct=None, max_time_s=1.0, min_runs=10, warmup_s=0)
-    records = measure_interleaved([_Switching(machine), _Switching(machine)], rule)
+    records = measure_interleaved([Switching(machine), Switching(machine)], rule)
     medians = [float(np.median(r.wall_s)) for r in records]
     assert all(m < 0.0015 for m in medians), medians
     assert 0.9 < medians[0] / medians[1] < 1.1

@@ -1,5 +1,6 @@
 import itertools
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -8,6 +9,9 @@ from inferopt.data import Dataset
 from inferopt.model import Provenance, from_proto
 from inferopt.search.evaluate import compare_latency, metric_for
 from inferopt.search.fidelity import Judge, run_outputs
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures"))
+from switching import Switching
 
 
 def _linear(scale: float = 1.0, repeat: int = 1):  # type: ignore[no-untyped-def]
@@ -62,30 +66,12 @@ def test_latency_comparison_sees_a_slower_model() -> None:
     assert slower.speedup < 0.5  # the candidate does 40x the work
 
 
-class _Switching:
-    """A fake model whose session is slow right after another one ran on the same `machine`,
-    as ONNX Runtime's are on a small machine: each run sleeps 1 ms, or 2 ms in the first
-    20 ms after a switch."""
-
-    def __init__(self, machine: dict[str, object]) -> None:
-        self.machine, self.since = machine, 0.0
-
-    def session(self, config: object = None) -> "_Switching":
-        return self
-
-    def run(self, names: object, feed: object) -> None:
-        now = time.perf_counter()
-        if self.machine.get("last") is not self:
-            self.machine["last"], self.since = self, now
-        time.sleep(0.002 if now - self.since < 0.02 else 0.001)
-
-
 def test_an_identical_model_compares_as_equal_whatever_runs_first() -> None:
     """The slowness after a switch is settled before each timed round: without it the model
     timed second in a round (2 of 3 rounds for the candidate) read ~1.5x slower."""
     feeds = [{"x": np.zeros(1)}] * 16
     machine: dict[str, object] = {}
-    a, b = _Switching(machine), _Switching(machine)
+    a, b = Switching(machine), Switching(machine)
     for first, second in ((a, b), (b, a)):
         comparison = compare_latency(first, second, feeds, rounds=3, warmup=1)  # type: ignore[arg-type]
         assert 0.9 < comparison.speedup < 1.1

@@ -121,7 +121,7 @@ def measure_interleaved(
             if len(runners) == 1:
                 _timed_run(runner, record, rapl)
                 continue
-            _settle(runner, SETTLE_S)
+            settle(runner, SETTLE_S)
             end = time.perf_counter() + block
             _timed_run(runner, record, rapl)
             while time.perf_counter() < end and len(record.wall_s) < rule.max_runs:
@@ -148,7 +148,7 @@ def _warm_up(runner: Runner, rule: StopRule) -> int:
     return runs
 
 
-def _settle(runner: Runner, seconds: float) -> None:
+def settle(runner: Runner, seconds: float) -> None:
     """Run untimed until `seconds` have passed, one run at least (see SETTLE_S)."""
     end = time.perf_counter() + seconds
     runner()

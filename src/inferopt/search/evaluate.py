@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from inferopt.data import Dataset
-from inferopt.measure.latency import SETTLE_S
+from inferopt.measure.latency import SETTLE_S, settle
 from inferopt.model import Model
 from inferopt.runtime import SessionConfig
 from inferopt.search.fidelity import Fidelity, Judge, Outputs, run_outputs
@@ -91,10 +91,12 @@ def compare_latency(
             session.run(None, feed)
     repeats = max(1, math.ceil(min_round_s / max(_round(sessions[0], feeds, 1), 1e-9)))
     times: list[list[float]] = [[], []]
+    cycle = itertools.cycle(feeds)  # what settles a session: the same feeds, in turn
+    settlers = [lambda s=s: s.run(None, next(cycle)) for s in sessions]
     for r in range(rounds):
         order = (0, 1) if r % 2 == 0 else (1, 0)
         for index in order:
-            _settle(sessions[index], feeds, SETTLE_S)
+            settle(settlers[index], SETTLE_S)
             times[index].append(_round(sessions[index], feeds, repeats) / repeats)
     base, cand = np.array(times[0]), np.array(times[1])
     ratios = base / cand
@@ -114,16 +116,6 @@ def comparison_seconds(rounds: int, round_s: float) -> float:
     """What compare_latency takes at least: both models, every round, each round settled
     (SETTLE_S) then timed for `round_s` seconds (MIN_ROUND_S at least)."""
     return 2 * rounds * (max(round_s, MIN_ROUND_S) + SETTLE_S)
-
-
-def _settle(session: Any, feeds: Sequence[dict[str, np.ndarray]], seconds: float) -> None:
-    """Run `session` untimed over the feeds, cycling, until `seconds` have passed (one feed
-    at least)."""
-    end = time.perf_counter() + seconds
-    for feed in itertools.cycle(feeds):
-        session.run(None, feed)
-        if time.perf_counter() >= end:
-            return
 
 
 def _round(session: Any, feeds: Sequence[dict[str, np.ndarray]], repeats: int) -> float:
